@@ -1,0 +1,474 @@
+"""Importance-weighted estimates of the log marginal likelihood.
+
+For a model :math:`p(x, z)` and a guide :math:`q(z)`, the importance-weighted
+(IWAE) bound with :math:`K` draws :math:`z_k \\sim q` is
+
+.. math::
+
+    \\mathcal{L}_K = \\log \\frac{1}{K} \\sum_{k=1}^{K} \\frac{p(x, z_k)}{q(z_k)}
+    \\le \\log p(x),
+
+which is an ELBO for :math:`K = 1`, tightens as :math:`K` grows and is exact
+for any :math:`K` when :math:`q` is the exact posterior (Burda et al. 2016).
+
+Everything here works for any Pyro model/guide pair: the guide is traced, the
+model is replayed against it and the log-weight of a draw is the model's log
+joint minus the guide's log density, summed over all sample sites (observed
+sites are part of the model term; guide-only auxiliary sites, such as those of
+``AutoContinuous`` guides, are part of the guide term).  Scales and masks set
+with :mod:`pyro.poutine` or subsampled plates are applied as in Pyro's ELBOs.
+
+The draws are evaluated as a batch under an extra outermost ``pyro.plate``
+(like :func:`pyro.infer.importance.vectorized_importance_weights`).  Models
+whose code cannot broadcast over that plate fall back to one model run per
+draw, with a warning.  All computation runs under :func:`torch.no_grad`: this
+is an evaluation metric, not a training objective.
+
+Example::
+
+    >>> import torch, pyro, pyro.distributions as dist
+    >>> from pyro_flows.infer.iwae import iwae_log_likelihood
+    >>> def model(x):
+    ...     z = pyro.sample("z", dist.Normal(0.0, 1.0))
+    ...     with pyro.plate("data", len(x)):
+    ...         pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+    >>> def guide(x):  # the exact posterior N(sum(x) / (n + 1), 1 / (n + 1))
+    ...     n = len(x)
+    ...     pyro.sample("z", dist.Normal(x.sum() / (n + 1), (n + 1) ** -0.5))
+    >>> x = torch.tensor([0.5, 1.5])
+    >>> exact = dist.MultivariateNormal(torch.zeros(2), torch.eye(2) + 1).log_prob(x)
+    >>> bound = iwae_log_likelihood(model, guide, x, num_samples=100)
+    >>> bool(torch.isclose(bound, exact, atol=1e-4))
+    True
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, NamedTuple
+
+import torch
+import pyro
+from pyro import poutine
+from pyro.poutine.trace_struct import Trace
+from pyro.poutine.util import prune_subsample_sites
+
+__all__ = [
+    "ImportanceSamples",
+    "importance_log_weights",
+    "importance_sample",
+    "iwae_log_likelihood",
+]
+
+_PARTICLE_PLATE = "_iwae_particles"
+
+
+class ImportanceSamples(NamedTuple):
+    """Draws from a guide together with their importance log-weights.
+
+    :ivar log_weights: ``(num_samples,)`` tensor of ``log p(x, z) - log q(z)``.
+    :ivar samples: latent site name -> ``(num_samples, *site_shape)`` tensor,
+        where ``site_shape`` is the value's shape in a single (unbatched) run.
+    :ivar trace: one unbatched model trace replayed against the guide; it
+        describes each site's shape, distribution and enclosing plates.
+    """
+
+    log_weights: torch.Tensor
+    samples: dict[str, torch.Tensor]
+    trace: Trace
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Static facts about a model/guide pair, read off one unbatched run."""
+
+    max_plate_nesting: int
+    latent_shapes: dict[str, torch.Size]
+    plate_dim: int | None
+    plate_size: int | None
+    trace: Trace
+
+
+class _LayoutChanged(RuntimeError):
+    """A batched run disagrees with the unbatched one: it cannot be trusted."""
+
+
+def _trace_pair(
+    model: Callable, guide: Callable, args: tuple, kwargs: dict
+) -> tuple[Trace, Trace]:
+    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+        *args, **kwargs
+    )
+    # Subsample sites carry indices, not densities.
+    model_trace = prune_subsample_sites(model_trace)
+    guide_trace = prune_subsample_sites(guide_trace)
+    model_trace.compute_log_prob()
+    guide_trace.compute_log_prob()
+    return model_trace, guide_trace
+
+
+def _sample_sites(trace: Trace) -> Iterator[tuple[str, dict]]:
+    for name, site in trace.nodes.items():
+        if site["type"] == "sample":
+            yield name, site
+
+
+def _inspect(
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict,
+    plate: str | None,
+    max_plate_nesting: int | None,
+) -> _Layout:
+    # This unbatched run also lets lazily built guides (AutoNormal and friends)
+    # create their parameters outside the particle plate; built inside it,
+    # their prototype trace would be batched over particles.
+    model_trace, guide_trace = _trace_pair(model, guide, args, kwargs)
+    latent = {
+        name: site["value"].shape
+        for name, site in _sample_sites(model_trace)
+        if not site["is_observed"]
+    }
+    if not latent:
+        name = getattr(model, "__name__", repr(model))
+        raise ValueError(
+            f"model {name!r} has no latent sample sites: there is nothing to "
+            "importance-sample (its marginal likelihood is its log-density)"
+        )
+    unguided = [name for name in latent if name not in guide_trace.nodes]
+    if unguided:
+        raise ValueError(
+            f"latent site(s) {unguided} of the model are not sampled by the guide; "
+            "their values would come from the prior and bias the weights"
+        )
+    nesting = 0
+    for trace in (model_trace, guide_trace):
+        for _, site in _sample_sites(trace):
+            # Batch dims not declared by any plate also need room to the right
+            # of the particle plate, hence the log_prob rank.
+            nesting = max(nesting, site["log_prob"].dim())
+            for frame in site["cond_indep_stack"]:
+                if frame.vectorized:
+                    nesting = max(nesting, -frame.dim)
+    if max_plate_nesting is not None:
+        nesting = max(nesting, max_plate_nesting)
+    plate_dim, plate_size = (
+        _find_plate(model_trace, guide_trace, plate) if plate else (None, None)
+    )
+    return _Layout(nesting, latent, plate_dim, plate_size, model_trace)
+
+
+def _find_plate(model_trace: Trace, guide_trace: Trace, plate: str) -> tuple[int, int]:
+    dims = set()
+    size = None
+    for trace in (model_trace, guide_trace):
+        for name, site in _sample_sites(trace):
+            frames = [f for f in site["cond_indep_stack"] if f.name == plate]
+            if not frames:
+                # Such a site couples all data points, so the bound no longer
+                # splits into one term per data point.
+                raise ValueError(
+                    f"per_datapoint_plate={plate!r}: sample site {name!r} is not "
+                    "inside that plate; every model and guide site must be for the "
+                    "per-datapoint bound to exist (use the joint bound instead)"
+                )
+            frame = frames[0]
+            if frame.dim is None:
+                raise ValueError(f"plate {plate!r} must be vectorized (not a Python loop)")
+            dims.add(frame.dim)
+            size = site["log_prob"].shape[frame.dim]
+            if size != frame.size:
+                raise ValueError(
+                    f"plate {plate!r} subsamples {size} of {frame.size} data points; "
+                    "pass the data points to evaluate as a full plate instead"
+                )
+    return dims.pop(), size
+
+
+def _log_prob_terms(
+    trace: Trace, total_dims: int, keep_dims: list[int], out_shape: tuple[int, ...]
+) -> torch.Tensor:
+    """Sum every site's log-prob over all batch dims except ``keep_dims``."""
+    total = 0.0
+    for name, site in _sample_sites(trace):
+        log_prob = site["log_prob"]
+        if log_prob.dim() > total_dims:
+            raise _LayoutChanged(f"site {name!r} has more batch dims than expected")
+        log_prob = log_prob.reshape((1,) * (total_dims - log_prob.dim()) + log_prob.shape)
+        keep = [total_dims + d for d in keep_dims]
+        others = [d for d in range(total_dims) if d not in keep]
+        if others:  # sum over an empty dim list would sum over everything
+            log_prob = log_prob.sum(others, keepdim=True)
+        total = total + log_prob.reshape([log_prob.shape[d] for d in keep])
+    return torch.as_tensor(total).expand(out_shape)
+
+
+def _weights_of(
+    model_trace: Trace,
+    guide_trace: Trace,
+    layout: _Layout,
+    particle_dim: int | None,
+    num_particles: int,
+) -> torch.Tensor:
+    total_dims = layout.max_plate_nesting + (particle_dim is not None)
+    keep: list[int] = [] if particle_dim is None else [particle_dim]
+    shape: tuple[int, ...] = () if particle_dim is None else (num_particles,)
+    if layout.plate_dim is not None:
+        keep.append(layout.plate_dim)
+        shape = shape + (layout.plate_size,)
+    return _log_prob_terms(model_trace, total_dims, keep, shape) - _log_prob_terms(
+        guide_trace, total_dims, keep, shape
+    )
+
+
+def _batched_chunk(
+    model: Callable, guide: Callable, args: tuple, kwargs: dict, layout: _Layout, size: int
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    particle_dim = -(layout.max_plate_nesting + 1)
+
+    def batched(fn: Callable) -> Callable:
+        def run(*a: Any, **k: Any) -> Any:
+            with pyro.plate(_PARTICLE_PLATE, size, dim=particle_dim):
+                return fn(*a, **k)
+
+        return run
+
+    model_trace, guide_trace = _trace_pair(batched(model), batched(guide), args, kwargs)
+    log_weights = _weights_of(model_trace, guide_trace, layout, particle_dim, size)
+    values = {}
+    for name, shape in layout.latent_shapes.items():
+        if name not in model_trace.nodes:
+            raise _LayoutChanged(f"latent site {name!r} vanished in the batched run")
+        value = model_trace.nodes[name]["value"]
+        # A broadcast-correct value is (size, 1, ..., 1, *shape).
+        if value.numel() != size * shape.numel() or value.shape[value.dim() - len(shape):] != shape:
+            raise _LayoutChanged(f"latent site {name!r} has batched shape {tuple(value.shape)}")
+        values[name] = value.reshape((size,) + shape)
+    return log_weights, values
+
+
+def _sequential_chunk(
+    model: Callable, guide: Callable, args: tuple, kwargs: dict, layout: _Layout, size: int
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    weights, draws = [], []
+    for _ in range(size):
+        model_trace, guide_trace = _trace_pair(model, guide, args, kwargs)
+        weights.append(_weights_of(model_trace, guide_trace, layout, None, 1))
+        draws.append({n: s["value"] for n, s in _sample_sites(model_trace) if not s["is_observed"]})
+    values = {}
+    for name, shape in layout.latent_shapes.items():
+        if any(name not in d or d[name].shape != shape for d in draws):
+            # Only the weights are well defined for models with dynamic structure.
+            values = {}
+            break
+        values[name] = torch.stack([d[name] for d in draws])
+    return torch.stack(weights), values
+
+
+def _chunks(
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict,
+    num_samples: int,
+    batch_size: int | None,
+    plate: str | None,
+    vectorize: bool | None,
+    max_plate_nesting: int | None,
+    layout: _Layout | None = None,
+) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    if int(num_samples) != num_samples or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+    if batch_size is not None and (int(batch_size) != batch_size or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+    if layout is None:
+        layout = _inspect(model, guide, args, kwargs, plate, max_plate_nesting)
+    step = num_samples if batch_size is None else min(batch_size, num_samples)
+    sizes = [step] * (num_samples // step) + ([num_samples % step] if num_samples % step else [])
+    batched = vectorize is not False
+    fallback_reason: Exception | None = None
+    bad = {"nan": 0, "+inf": 0, "-inf": 0}
+    for index, size in enumerate(sizes):
+        chunk = None
+        if batched:
+            try:
+                chunk = _batched_chunk(model, guide, args, kwargs, layout, size)
+            # The model is arbitrary user code: any failure under the particle
+            # plate means it does not broadcast, which the loop below handles.
+            except Exception as error:
+                if vectorize is True or index > 0:
+                    raise
+                batched, fallback_reason = False, error
+        if chunk is None:
+            chunk = _sequential_chunk(model, guide, args, kwargs, layout, size)
+            if fallback_reason is not None:
+                warnings.warn(
+                    "model/guide could not be evaluated under a particle plate "
+                    f"({type(fallback_reason).__name__}: {fallback_reason}); "
+                    "falling back to one run per sample, which is slower",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                fallback_reason = None
+        log_weights = chunk[0]
+        bad["nan"] += int(log_weights.isnan().sum())
+        bad["+inf"] += int((log_weights == math.inf).sum())
+        bad["-inf"] += int((log_weights == -math.inf).sum())
+        yield chunk
+    if sum(bad.values()):
+        total = num_samples * (layout.plate_size or 1)
+        counts = ", ".join(f"{v} {k}" for k, v in bad.items() if v)
+        raise ValueError(
+            f"{sum(bad.values())} of {total} importance log-weights are non-finite "
+            f"({counts}). -inf usually means the guide proposes values outside the "
+            "model's support (e.g. an unconstrained guide for a positive latent); "
+            "+inf or nan usually mean a degenerate guide scale or nan parameters/data"
+        )
+
+
+@torch.no_grad()
+def importance_log_weights(
+    model: Callable,
+    guide: Callable,
+    *args: Any,
+    num_samples: int = 1000,
+    batch_size: int | None = None,
+    per_datapoint_plate: str | None = None,
+    vectorize: bool | None = None,
+    max_plate_nesting: int | None = None,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """Log importance weights ``log p(x, z_k) - log q(z_k)`` of guide draws.
+
+    :param model: Pyro model, called as ``model(*args, **kwargs)``.
+    :param guide: Pyro guide with the same signature.
+    :param num_samples: number of draws ``z_k ~ q``.
+    :param batch_size: draws evaluated per batched run (bounds memory);
+        ``None`` evaluates all of them at once.
+    :param per_datapoint_plate: name of the data plate; when given, the
+        log-weight of each data point only sums the log-prob terms of that
+        data point (every sample site must lie inside the plate).
+    :param vectorize: ``True`` forces batched evaluation, ``False`` forces one
+        run per draw, ``None`` tries batching and falls back with a warning.
+    :param max_plate_nesting: lower bound on the model's plate nesting; only
+        needed if an unbatched run under-reports it (dynamic plates).
+    :return: tensor of shape ``(num_samples,)``, or ``(num_samples, N)`` with a
+        ``per_datapoint_plate`` of size ``N``.
+    :raises ValueError: if the model has no latent sites, a latent site is not
+        in the guide, or a log-weight is non-finite.
+
+    Example::
+
+        >>> import pyro, pyro.distributions as dist
+        >>> model = lambda: pyro.sample("z", dist.Normal(0.0, 1.0))
+        >>> guide = lambda: pyro.sample("z", dist.Normal(0.0, 1.0))
+        >>> importance_log_weights(model, guide, num_samples=5)
+        tensor([0., 0., 0., 0., 0.])
+    """
+    chunks = _chunks(
+        model, guide, args, kwargs, num_samples, batch_size,
+        per_datapoint_plate, vectorize, max_plate_nesting,
+    )
+    return torch.cat([log_weights for log_weights, _ in chunks])
+
+
+@torch.no_grad()
+def importance_sample(
+    model: Callable,
+    guide: Callable,
+    *args: Any,
+    num_samples: int = 1000,
+    batch_size: int | None = None,
+    vectorize: bool | None = None,
+    **kwargs: Any,
+) -> ImportanceSamples:
+    """Draw latent values from the guide together with their log-weights.
+
+    Arguments are as for :func:`importance_log_weights`.
+
+    :return: an :class:`ImportanceSamples` whose ``samples[name][k]`` is the
+        ``k``-th draw of latent site ``name`` and ``log_weights[k]`` its weight.
+    :raises ValueError: as :func:`importance_log_weights`, and if the latent
+        sites change shape between draws (the draws could not be stacked).
+
+    Example::
+
+        >>> import pyro, pyro.distributions as dist
+        >>> model = lambda: pyro.sample("z", dist.Normal(0.0, 1.0).expand([3]).to_event(1))
+        >>> draws = importance_sample(model, model, num_samples=10)
+        >>> draws.samples["z"].shape, draws.log_weights.shape
+        (torch.Size([10, 3]), torch.Size([10]))
+    """
+    layout = _inspect(model, guide, args, kwargs, None, None)
+    weights, samples = [], {name: [] for name in layout.latent_shapes}
+    for log_weights, values in _chunks(
+        model, guide, args, kwargs, num_samples, batch_size, None, vectorize, None, layout
+    ):
+        if not values:
+            raise ValueError(
+                "the model's latent sites change shape between runs, so its draws "
+                "cannot be stacked; use importance_log_weights for the weights alone"
+            )
+        weights.append(log_weights)
+        for name, value in values.items():
+            samples[name].append(value)
+    return ImportanceSamples(
+        torch.cat(weights), {name: torch.cat(v) for name, v in samples.items()}, layout.trace
+    )
+
+
+@torch.no_grad()
+def iwae_log_likelihood(
+    model: Callable,
+    guide: Callable,
+    *args: Any,
+    num_samples: int = 1000,
+    batch_size: int | None = None,
+    per_datapoint_plate: str | None = None,
+    vectorize: bool | None = None,
+    max_plate_nesting: int | None = None,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """Importance-weighted lower bound on ``log p(x)``.
+
+    Returns :math:`\\log \\frac{1}{K} \\sum_k \\exp(w_k)` with
+    :math:`w_k = \\log p(x, z_k) - \\log q(z_k)`, :math:`K` = ``num_samples``,
+    combined across chunks of ``batch_size`` draws with a running logsumexp.
+
+    With ``per_datapoint_plate="data"`` each data point :math:`n` of that
+    plate gets its own bound :math:`\\log \\frac{1}{K} \\sum_k \\exp(w_{nk})`,
+    where :math:`w_{nk}` sums only the log-prob terms indexed by :math:`n`
+    (e.g. a VAE's :math:`\\log p(x_n | z_n) + \\log p(z_n) - \\log q(z_n | x_n)`)
+    and each data point has its own :math:`K` draws.  The dataset bound is the
+    sum of that vector, and it is at least as tight as the joint bound.  Every
+    sample site must lie in the plate: a global latent couples the data points
+    and the bound would not split.
+
+    Arguments are as for :func:`importance_log_weights`; ``*args`` and
+    ``**kwargs`` are passed on to the model and guide.
+
+    :return: a 0-dim tensor (the joint bound), or a tensor of shape ``(N,)``
+        holding the per-datapoint bounds when ``per_datapoint_plate`` is set.
+    :raises ValueError: if the model has no latent sites, a latent site is not
+        in the guide, or a log-weight is non-finite.
+
+    Example::
+
+        >>> import pyro, pyro.distributions as dist
+        >>> model = lambda: pyro.sample("z", dist.Normal(0.0, 1.0))
+        >>> iwae_log_likelihood(model, model, num_samples=10)  # guide = posterior
+        tensor(0.)
+    """
+    total: torch.Tensor | None = None
+    for log_weights, _ in _chunks(
+        model, guide, args, kwargs, num_samples, batch_size,
+        per_datapoint_plate, vectorize, max_plate_nesting,
+    ):
+        chunk_total = torch.logsumexp(log_weights, dim=0)
+        total = chunk_total if total is None else torch.logaddexp(total, chunk_total)
+    assert total is not None  # _chunks yields at least one chunk
+    return total - math.log(num_samples)

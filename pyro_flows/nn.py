@@ -1,0 +1,85 @@
+"""Conditioner networks. MLPs come from :class:`pyro.nn.DenseNN`; images get Glow's conv net."""
+
+from __future__ import annotations
+
+import torch
+from pyro.nn import ConditionalDenseNN, DenseNN
+from torch import nn
+
+__all__ = ["ConvNet", "dense_net", "soft_clamp", "zero_last_layer"]
+
+
+def soft_clamp(raw: torch.Tensor, bound: float) -> torch.Tensor:
+    """``bound * tanh(raw / bound)``: the identity near zero, never outside ``(-bound, bound)``.
+    Used on every learned log-scale so a bad step cannot produce an infinite or zero scale."""
+    return bound * torch.tanh(raw / bound)
+
+
+def zero_last_layer(net: nn.Module) -> nn.Module:
+    """Zero the weights and bias of ``net``'s last ``Linear``/``Conv2d`` so a coupling that
+    uses it starts as the identity (Glow, Kingma & Dhariwal 2018, section 3.3)."""
+    last = [m for m in net.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
+    nn.init.zeros_(last.weight)
+    if last.bias is not None:
+        nn.init.zeros_(last.bias)
+    return net
+
+
+def dense_net(
+    input_dim: int,
+    param_dims: list[int],
+    hidden_dims: tuple[int, ...],
+    context_dim: int = 0,
+) -> nn.Module:
+    """A Pyro MLP (``DenseNN``, or ``ConditionalDenseNN`` with a context) whose last layer is
+    zero, returning one tensor per entry of ``param_dims``."""
+    if context_dim:
+        net = ConditionalDenseNN(input_dim, context_dim, list(hidden_dims), param_dims)
+    else:
+        net = DenseNN(input_dim, list(hidden_dims), param_dims)
+    return zero_last_layer(net)
+
+
+class ConvNet(nn.Module):
+    """Glow's coupling network: 3x3 conv -> ReLU -> 1x1 conv -> ReLU -> zero-initialized 3x3 conv.
+
+    :param in_channels: channels of the conditioning half.
+    :param out_channels: channels produced (e.g. ``2 * C2`` for shift and log-scale).
+    :param hidden_channels: width of the hidden layers (512 in the Glow paper).
+    :param context_dim: size of a context vector broadcast over the image and concatenated to
+        the input (0 for none).
+    :param residual: add a skip connection around the 1x1 layer.
+
+    Inputs are ``(N, C, H, W)``; a context is ``(N, context_dim)``.
+
+    >>> net = ConvNet(2, 4, hidden_channels=8)
+    >>> net(torch.randn(5, 2, 4, 4)).shape
+    torch.Size([5, 4, 4, 4])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        hidden_channels: int = 128,
+        context_dim: int = 0,
+        residual: bool = False,
+    ) -> None:
+        super().__init__()
+        self.context_dim = context_dim
+        self.residual = residual
+        self.conv_in = nn.Conv2d(in_channels + context_dim, hidden_channels, 3, padding=1)
+        self.conv_hidden = nn.Conv2d(hidden_channels, hidden_channels, 1)
+        self.conv_out = nn.Conv2d(hidden_channels, out_channels, 3, padding=1)
+        zero_last_layer(self)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        if self.context_dim:
+            if context is None:
+                raise ValueError("this network was built with a context; pass one")
+            c = context[..., None, None].expand(*context.shape, *x.shape[-2:])
+            x = torch.cat([x, c], dim=-3)
+        h = torch.relu(self.conv_in(x))
+        g = torch.relu(self.conv_hidden(h))
+        h = h + g if self.residual else g
+        return self.conv_out(h)

@@ -1,0 +1,225 @@
+"""The one mechanism every pyro-flows transform shares: compute ``y`` and the log-det together,
+and cache them so that neither is ever computed twice nor returned stale.
+
+A subclass implements two methods that return the log-det alongside the value::
+
+    _forward(x, context) -> (y, log|det dy/dx|)      # Pyro's sampling direction, base -> data
+    _backward(y, context) -> (x, log|det dy/dx|)     # data -> base; log-det still of _forward
+
+Pyro's :class:`~pyro.distributions.TransformedDistribution` asks for ``t.inv(y)`` and then
+``t.log_abs_det_jacobian(x, y)``; the pair computed by the first call is remembered so the second
+is free. The memory is keyed on the identity of ``x`` and ``y`` *and* on the version counters of
+the parameters, so an optimizer step (an in-place update) invalidates it: Pyro's own transforms
+return stale values in that case (pyro-ppl issue 2564).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Iterable
+
+import torch
+from pyro.distributions.conditional import ConditionalTransformModule
+from pyro.distributions.torch_transform import TransformModule
+from torch.distributions import Transform, constraints
+
+__all__ = [
+    "Bijector",
+    "ConditionalBijector",
+    "ConditionedTransform",
+    "as_event_shape",
+    "check_event_shape",
+]
+
+
+def as_event_shape(event_shape: int | tuple[int, ...], ranks: tuple[int, ...] = (1, 3)) -> tuple[int, ...]:
+    """Normalize ``D`` to ``(D,)`` and check the shape has an allowed rank and positive sizes."""
+    shape = (event_shape,) if isinstance(event_shape, int) else tuple(int(s) for s in event_shape)
+    if len(shape) not in ranks or any(s < 1 for s in shape):
+        kinds = {1: "(D,) for vectors", 3: "(C, H, W) for images"}
+        raise ValueError(
+            f"event_shape must be {' or '.join(kinds[r] for r in ranks)}, got {shape}"
+        )
+    return shape
+
+
+def check_event_shape(owner: object, x: torch.Tensor, event_shape: tuple[int, ...]) -> None:
+    """Raise a ValueError naming ``owner`` when ``x`` does not end in ``event_shape``."""
+    n = len(event_shape)
+    if x.dim() < n or tuple(x.shape[x.dim() - n :]) != tuple(event_shape):
+        raise ValueError(
+            f"{type(owner).__name__} expects inputs whose trailing shape is {tuple(event_shape)}, "
+            f"got a tensor of shape {tuple(x.shape)}"
+        )
+
+
+def _versions(params: Iterable[torch.Tensor]) -> tuple[int, ...]:
+    return tuple(p._version for p in params)
+
+
+class _Memo:
+    """Caching logic shared by modules and conditioned views (a mixin over ``Transform``)."""
+
+    _record: tuple | None = None
+
+    def _state_key(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def _apply(self, x: torch.Tensor, inverse: bool) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            return self._compute(x, inverse)[0]
+        key = self._state_key()
+        rec = self._record
+        if (
+            self._cache_size
+            and rec is not None
+            and rec[1 if inverse else 0] is x
+            and rec[3] == key
+            and (rec[4] or not torch.is_grad_enabled())
+        ):
+            return rec[0 if inverse else 1]
+        out, ladj = self._compute(x, inverse)
+        x_, y_ = (out, x) if inverse else (x, out)
+        self._record = (x_, y_, ladj, key, torch.is_grad_enabled())
+        return out
+
+    def _compute(self, x: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._backward_call(x) if inverse else self._forward_call(x)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self._apply(x, inverse=False)
+
+    def _inv_call(self, y: torch.Tensor) -> torch.Tensor:
+        return self._apply(y, inverse=True)
+
+    def _call(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward_call(x)[0]
+
+    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
+        return self._backward_call(y)[0]
+
+    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        rec = self._record
+        if (
+            rec is not None
+            and rec[0] is x
+            and rec[1] is y
+            and not torch.compiler.is_compiling()
+            and (rec[4] or not torch.is_grad_enabled())
+            and rec[3] == self._state_key()
+        ):
+            return rec[2]
+        return self._forward_call(x)[1]
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tensors remembered from the last call may carry an autograd graph, which pickling
+        # refuses; drop them from the copy only, never from the live object.
+        state = super().__getstate__()
+        state["_record"] = None
+        return state
+
+    def with_cache(self, cache_size: int = 1):
+        if cache_size == self._cache_size:
+            return self
+        if cache_size not in (0, 1):
+            raise ValueError(f"cache_size must be 0 or 1, got {cache_size}")
+        # A shallow copy shares the parameter, buffer and submodule dicts, so the view trains
+        # together with the original; only the caching policy differs.
+        view = copy.copy(self)
+        view._cache_size = cache_size
+        view._record = None
+        view._inv = None
+        return view
+
+
+class Bijector(_Memo, TransformModule):
+    """Base class of pyro-flows' transforms on tensors with ``event_dim`` trailing event dims.
+
+    Subclasses implement ``_forward(x, context=None)`` and ``_backward(y, context=None)``, each
+    returning ``(value, log|det d_forward|)`` with the log-det of shape ``x.shape[:-event_dim]``.
+    """
+
+    bijective = True
+
+    def __init__(self, event_dim: int, cache_size: int = 1) -> None:
+        super().__init__(cache_size=cache_size)
+        self.domain = constraints.independent(constraints.real, event_dim)
+        self.codomain = constraints.independent(constraints.real, event_dim)
+
+    def _state_key(self) -> tuple[int, ...]:
+        return _versions(self.parameters())
+
+    def _forward_call(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._forward(x)
+
+    def _backward_call(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._backward(y)
+
+    def _forward(self, x: torch.Tensor, context: torch.Tensor | None = None):
+        raise NotImplementedError
+
+    def _backward(self, y: torch.Tensor, context: torch.Tensor | None = None):
+        raise NotImplementedError
+
+    def __hash__(self) -> int:
+        return id(self)
+
+
+class ConditionedTransform(_Memo, Transform):
+    """``parent`` with its context fixed: what ``ConditionalBijector.condition`` returns."""
+
+    bijective = True
+
+    def __init__(self, parent: "ConditionalBijector", context: torch.Tensor, cache_size: int = 1):
+        super().__init__(cache_size=cache_size)
+        self.parent = parent
+        self.context = context
+        self.domain = parent.domain
+        self.codomain = parent.codomain
+
+    def _state_key(self) -> tuple[int, ...]:
+        return _versions(self.parent.parameters())
+
+    def _forward_call(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.parent.flow._forward(x, self.context)
+
+    def _backward_call(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.parent.flow._backward(y, self.context)
+
+    def forward_shape(self, shape):
+        return self.parent.flow.forward_shape(shape)
+
+    def inverse_shape(self, shape):
+        return self.parent.flow.inverse_shape(shape)
+
+
+class ConditionalBijector(ConditionalTransformModule):
+    """A conditional twin: wraps a :class:`Bijector` built with a context size (``self.flow``).
+
+    ``condition(context)`` returns a cached :class:`ConditionedTransform`; the context must end
+    in ``context_dim`` and broadcast against the batch shape of the inputs.
+    """
+
+    def __init__(self, flow: Bijector, context_dim: int) -> None:
+        super().__init__()
+        if context_dim < 1:
+            raise ValueError(f"context_dim must be a positive integer, got {context_dim}")
+        self.flow = flow
+        self.context_dim = context_dim
+        self.domain = flow.domain
+        self.codomain = flow.codomain
+
+    @property
+    def event_dim(self) -> int:
+        return self.flow.event_dim
+
+    def condition(self, context: torch.Tensor) -> ConditionedTransform:
+        if context.dim() < 1 or context.shape[-1] != self.context_dim:
+            raise ValueError(
+                f"{type(self).__name__} expects a context whose last dimension is "
+                f"{self.context_dim}, got shape {tuple(context.shape)}"
+            )
+        return ConditionedTransform(self, context)
+
+    def __hash__(self) -> int:
+        return id(self)

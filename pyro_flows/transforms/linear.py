@@ -1,0 +1,135 @@
+"""Invertible linear mixing: ``InvertibleLinear`` for vectors, ``InvertibleConv1x1`` for images.
+
+Both hold a ``C x C`` matrix ``W``, either as a plain parameter (log-det by ``slogdet``, O(C^3))
+or LU-parameterized as in Glow, ``W = P L (U + diag(sign * exp(log_diag)))`` with ``P`` and
+``diag_sign`` fixed buffers, so the log-det is ``sum(log_diag)``: O(C), times ``H * W`` for images.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import Bijector, as_event_shape, check_event_shape
+
+__all__ = ["InvertibleConv1x1", "InvertibleLinear", "invertible_conv1x1", "invertible_linear"]
+
+
+class _InvertibleMatrix(Bijector):
+    """The matrix, its inverse and its log-det; subclasses say how it acts on their inputs."""
+
+    rank: int  # 1 for vectors, 3 for images
+
+    def __init__(self, event_shape, lu: bool = True) -> None:
+        self.event_shape = as_event_shape(event_shape, ranks=(self.rank,))
+        super().__init__(event_dim=len(self.event_shape))
+        self.lu = lu
+        c = self.event_shape[0]
+        # A random rotation: invertible, log-det 0, and mixes every coordinate from the start.
+        q = torch.linalg.qr(torch.randn(c, c, dtype=torch.float64))[0]
+        if lu:
+            p, lower, upper = torch.linalg.lu(q)
+            diag = torch.diagonal(upper)
+            self.register_buffer("permutation", p.argmax(dim=1))
+            self.register_buffer("diag_sign", torch.sign(diag).to(torch.get_default_dtype()))
+            self.lower = nn.Parameter(torch.tril(lower, -1).to(torch.get_default_dtype()))
+            self.upper = nn.Parameter(torch.triu(upper, 1).to(torch.get_default_dtype()))
+            self.log_diag = nn.Parameter(diag.abs().log().to(torch.get_default_dtype()))
+        else:
+            self.weight = nn.Parameter(q.to(torch.get_default_dtype()))
+        self._no_grad_cache: tuple | None = None
+
+    def _matrices(self, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(W or W^-1, log|det W|)``; reused between calls while parameters are unchanged and
+        no gradient is wanted (sampling, evaluation)."""
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return self._build(inverse)
+        key = (inverse, self._state_key())
+        if self._no_grad_cache is None or self._no_grad_cache[0] != key:
+            self._no_grad_cache = (key, *self._build(inverse))
+        return self._no_grad_cache[1], self._no_grad_cache[2]
+
+    def _build(self, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.lu:
+            w = self.weight
+            logdet = torch.linalg.slogdet(w)[1]
+            return (torch.linalg.inv(w) if inverse else w), logdet
+        eye = torch.eye(self.lower.shape[0], dtype=self.lower.dtype, device=self.lower.device)
+        lower = torch.tril(self.lower, -1) + eye
+        upper = torch.triu(self.upper, 1) + torch.diag(self.diag_sign * torch.exp(self.log_diag))
+        logdet = self.log_diag.sum()
+        if not inverse:
+            return (lower @ upper)[self.permutation], logdet
+        inv_lower = torch.linalg.solve_triangular(lower, eye, upper=False, unitriangular=True)
+        inv_upper = torch.linalg.solve_triangular(upper, eye, upper=True)
+        # W^-1 = U^-1 L^-1 P^T, and right-multiplying by P^T permutes columns.
+        return (inv_upper @ inv_lower)[:, self.permutation], logdet
+
+    def _mix(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _ladj(self, x: torch.Tensor, logdet: torch.Tensor) -> torch.Tensor:
+        pixels = self.event_shape[1] * self.event_shape[2] if len(self.event_shape) == 3 else 1
+        return (logdet * pixels).expand(x.shape[: x.dim() - len(self.event_shape)])
+
+    def _forward(self, x: torch.Tensor, context: torch.Tensor | None = None):
+        check_event_shape(self, x, self.event_shape)
+        w, logdet = self._matrices(inverse=False)
+        return self._mix(x, w), self._ladj(x, logdet)
+
+    def _backward(self, y: torch.Tensor, context: torch.Tensor | None = None):
+        check_event_shape(self, y, self.event_shape)
+        w_inv, logdet = self._matrices(inverse=True)
+        return self._mix(y, w_inv), self._ladj(y, logdet)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["_no_grad_cache"] = None
+        return state
+
+
+class InvertibleLinear(_InvertibleMatrix):
+    """``y = W x`` on vectors ``(..., D)``, ``W`` LU-parameterized (``lu=True``) or plain.
+
+    The vector form of Glow's invertible 1x1 convolution (Kingma & Dhariwal, NeurIPS 2018):
+    learned mixing between couplings.
+
+    >>> import torch
+    >>> t = InvertibleLinear(3)
+    >>> x = torch.randn(5, 3)
+    >>> torch.allclose(t.inv(t(x)), x, atol=1e-5)
+    True
+    """
+
+    rank = 1
+
+    def _mix(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(x, w)
+
+
+class InvertibleConv1x1(_InvertibleMatrix):
+    """Glow's invertible 1x1 convolution on images ``(..., C, H, W)``: the same ``C x C``
+    matrix mixes the channels at every pixel, log-det ``H * W * log|det W|``.
+
+    Kingma & Dhariwal, "Glow: Generative Flow with Invertible 1x1 Convolutions", NeurIPS 2018.
+
+    >>> import torch
+    >>> t = InvertibleConv1x1((4, 2, 2))
+    >>> t(torch.randn(7, 4, 2, 2)).shape
+    torch.Size([7, 4, 2, 2])
+    """
+
+    rank = 3
+
+    def _mix(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return (w @ x.flatten(-2)).unflatten(-1, x.shape[-2:])
+
+
+def invertible_linear(event_shape, lu: bool = True) -> InvertibleLinear:
+    """Factory for :class:`InvertibleLinear` (Pyro style)."""
+    return InvertibleLinear(event_shape, lu=lu)
+
+
+def invertible_conv1x1(event_shape, lu: bool = True) -> InvertibleConv1x1:
+    """Factory for :class:`InvertibleConv1x1` (Pyro style)."""
+    return InvertibleConv1x1(event_shape, lu=lu)
