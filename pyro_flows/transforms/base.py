@@ -65,7 +65,7 @@ class _Memo:
     def _state_key(self) -> tuple[int, ...]:
         raise NotImplementedError
 
-    def _apply(self, x: torch.Tensor, inverse: bool) -> torch.Tensor:
+    def _memoized(self, x: torch.Tensor, inverse: bool) -> torch.Tensor:
         if torch.compiler.is_compiling():
             return self._compute(x, inverse)[0]
         key = self._state_key()
@@ -87,10 +87,10 @@ class _Memo:
         return self._backward_call(x) if inverse else self._forward_call(x)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self._apply(x, inverse=False)
+        return self._memoized(x, inverse=False)
 
     def _inv_call(self, y: torch.Tensor) -> torch.Tensor:
-        return self._apply(y, inverse=True)
+        return self._memoized(y, inverse=True)
 
     def _call(self, x: torch.Tensor) -> torch.Tensor:
         return self._forward_call(x)[0]
