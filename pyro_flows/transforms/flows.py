@@ -13,6 +13,7 @@ from pyro.distributions.torch_transform import ComposeTransformModule
 
 from .actnorm import ActNorm
 from .base import as_event_shape
+from .glow import Chain
 from .coupling import (
     AdditiveCoupling,
     AffineCoupling,
@@ -53,7 +54,8 @@ def _parts(kind: str, input_dim: int, num_layers: int, hidden_dims, context_dim:
 
 
 def vector_flow(kind: str, input_dim: int, num_layers: int = 4, hidden_dims=None,
-                data_init: bool = True, **coupling_kwargs) -> ComposeTransformModule:
+                data_init: bool = True, memory_efficient: bool = False,
+                **coupling_kwargs) -> ComposeTransformModule | Chain:
     """``nice``/``realnvp``/``glow`` on vectors ``(..., input_dim)``.
 
     :param kind: ``"nice"`` (additive couplings + final scaling), ``"realnvp"`` (affine couplings
@@ -62,10 +64,12 @@ def vector_flow(kind: str, input_dim: int, num_layers: int = 4, hidden_dims=None
     :param num_layers: number of couplings.
     :param hidden_dims: MLP widths of each coupling.
     :param data_init: data-dependent ActNorm initialization (``glow``; off for guides).
+    :param memory_efficient: return a :class:`~pyro_flows.transforms.glow.Chain` of the same
+        parts that keeps no intermediate activations for backprop (rebuilt by inversion).
     """
     input_dim = as_event_shape(input_dim, ranks=(1,))[0]
-    return ComposeTransformModule(
-        _parts(kind, input_dim, num_layers, hidden_dims, 0, data_init, **coupling_kwargs))
+    parts = _parts(kind, input_dim, num_layers, hidden_dims, 0, data_init, **coupling_kwargs)
+    return Chain(parts, memory_efficient=True) if memory_efficient else ComposeTransformModule(parts)
 
 
 def conditional_vector_flow(kind: str, input_dim: int, context_dim: int, num_layers: int = 4,

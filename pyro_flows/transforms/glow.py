@@ -17,6 +17,7 @@ from .actnorm import ActNorm
 from .base import Bijector, ConditionalBijector, as_event_shape, check_event_shape
 from .coupling import AdditiveCoupling, AffineCoupling
 from .linear import InvertibleConv1x1
+from .memory import run_blocks
 from .reshape import squeeze2x2, unsqueeze2x2
 
 __all__ = ["Chain", "ConditionalGlow", "Glow", "GlowStep", "conditional_glow", "glow", "glow_step"]
@@ -27,25 +28,24 @@ PRIOR_SCALE_BOUND = 6.0  # split priors may need small scales (near-constant pix
 
 class Chain(Bijector):
     """Bijectors applied in order in the sampling direction, log-dets summed; the context, if
-    any, reaches every part."""
+    any, reaches every part. With ``memory_efficient=True`` no intermediate activation is kept
+    for backprop: each is rebuilt from the output by inverting the parts
+    (:func:`~pyro_flows.transforms.memory.invertible_checkpoint`)."""
 
-    def __init__(self, parts: Sequence[Bijector]) -> None:
+    def __init__(self, parts: Sequence[Bijector], memory_efficient: bool = False) -> None:
         super().__init__(event_dim=parts[0].event_dim)
-        self.parts = nn.ModuleList(parts)
+        # Registered under "0", "1", ... like Pyro's ComposeTransformModule, so a checkpoint
+        # loads whichever of the two holds the parts.
+        for i, part in enumerate(parts):
+            self.add_module(str(i), part)
+        self.parts = list(parts)
+        self.memory_efficient = memory_efficient
 
     def _forward(self, x: torch.Tensor, context: torch.Tensor | None = None):
-        ladj = 0
-        for part in self.parts:
-            x, ld = part._forward(x, context)
-            ladj = ladj + ld
-        return x, ladj
+        return run_blocks(self.parts, x, context, False, self.memory_efficient)
 
     def _backward(self, y: torch.Tensor, context: torch.Tensor | None = None):
-        ladj = 0
-        for part in reversed(self.parts):
-            y, ld = part._backward(y, context)
-            ladj = ladj + ld
-        return y, ladj
+        return run_blocks(self.parts[::-1], y, context, True, self.memory_efficient)
 
 
 class GlowStep(Chain):
@@ -133,6 +133,8 @@ class Glow(Bijector):
     :param residual: residual variant of the coupling conv nets.
     :param context_dim: context vector size for :class:`ConditionalGlow` (0: none).
     :param data_init: data-dependent ActNorm initialization (turn off for guides).
+    :param memory_efficient: keep no step activations for backprop; rebuild them from each
+        level's output by inverting the steps (same gradients, about one extra pass of compute).
 
     >>> import torch, pyro.distributions as dist
     >>> g = Glow((1, 8, 8), levels=2, steps=2, hidden_channels=16)
@@ -152,9 +154,11 @@ class Glow(Bijector):
         residual: bool = False,
         context_dim: int = 0,
         data_init: bool = True,
+        memory_efficient: bool = False,
     ) -> None:
         self.event_shape = as_event_shape(event_shape, ranks=(3,))
         super().__init__(event_dim=3)
+        self.memory_efficient = memory_efficient
         if step_type not in STEP_TYPES:
             raise ValueError(f"step_type must be one of {STEP_TYPES}, got {step_type!r}")
         possible = max_levels(self.event_shape)
@@ -219,9 +223,8 @@ class Glow(Bijector):
         last = len(self.levels) - 1
         for level, steps in enumerate(self.levels):
             h = squeeze2x2(h)
-            for step in steps:
-                h, ld = step._backward(h, context)
-                ladj = ladj + ld
+            h, ld = run_blocks(list(steps), h, context, True, self.memory_efficient)
+            ladj = ladj + ld
             if level < last:
                 h, z2 = h.chunk(2, dim=1)
                 loc, log_scale = self._split_prior(level, h, context)
@@ -253,9 +256,9 @@ class Glow(Bijector):
                 loc, log_scale = self._split_prior(level, h, context)
                 h = torch.cat([h, eps[level] * torch.exp(log_scale) + loc], dim=1)
                 ladj = ladj + log_scale.sum(dim=(1, 2, 3))
-            for step in reversed(self.levels[level]):
-                h, ld = step._forward(h, context)
-                ladj = ladj + ld
+            h, ld = run_blocks(list(self.levels[level])[::-1], h, context, False,
+                                self.memory_efficient)
+            ladj = ladj + ld
             h = unsqueeze2x2(h)
         return h.reshape(*batch, *self.event_shape), ladj.reshape(batch)
 
