@@ -39,12 +39,13 @@ import torch
 from pyro import poutine
 from pyro.infer import MCMC
 from pyro.poutine.trace_struct import Trace
+from pyro.poutine.util import prune_subsample_sites
 
 from pyro_flows.infer.iwae import importance_log_weights, importance_sample
 
 __all__ = ["compare_with_mcmc", "psis_khat", "to_inference_data"]
 
-COLUMNS = ["mean_vi", "sd_vi", "mean_mcmc", "sd_mcmc", "std_mean_error", "sd_ratio"]
+_COLUMNS = ["mean_vi", "sd_vi", "mean_mcmc", "sd_mcmc", "std_mean_error", "sd_ratio"]
 
 
 def _check_continuous(trace: Trace) -> None:
@@ -60,7 +61,10 @@ def _check_continuous(trace: Trace) -> None:
 
 def _one_trace(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> Trace:
     guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-    return poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+        *args, **kwargs
+    )
+    return prune_subsample_sites(model_trace)
 
 
 def _dim_names(name: str, site: dict) -> list[str]:
@@ -121,10 +125,10 @@ def to_inference_data(
         >>> idata.posterior["mu"].dims, idata.sample_stats["log_weight"].shape
         (('chain', 'draw', 'groups'), (1, 50))
     """
+    _check_continuous(_one_trace(model, guide, args, kwargs))
     draws = importance_sample(
         model, guide, *args, num_samples=num_samples, batch_size=batch_size, **kwargs
     )
-    _check_continuous(draws.trace)
     posterior, dims, coords = {}, {}, {}
     for name, value in draws.samples.items():
         site = draws.trace.nodes[name]
@@ -138,7 +142,7 @@ def to_inference_data(
         sample_stats={"log_weight": log_weight},
         coords=coords,
         dims=dims,
-        attrs={"inference_library": "pyro", "source": "pyro_flows.diagnostics"},
+        posterior_attrs={"inference_library": "pyro", "inference_method": "variational"},
     )
 
 
@@ -256,29 +260,27 @@ def compare_with_mcmc(
     missing = [name for name in vi if name not in mcmc]
     if missing:
         raise ValueError(f"variables {missing} of the VI posterior are not in the MCMC one")
-    rows: dict[str, list[float]] = {}
     for name, draws_vi in vi.items():
-        draws_mcmc = mcmc[name]
-        if draws_vi.shape[2:] != draws_mcmc.shape[2:]:
+        if draws_vi.shape[2:] != mcmc[name].shape[2:]:
             raise ValueError(
                 f"variable {name!r} has per-draw shape {draws_vi.shape[2:]} in VI but "
-                f"{draws_mcmc.shape[2:]} in MCMC"
+                f"{mcmc[name].shape[2:]} in MCMC"
             )
-        flat_vi = draws_vi.reshape(-1, *draws_vi.shape[2:])
-        flat_mcmc = draws_mcmc.reshape(-1, *draws_mcmc.shape[2:])
-        for index in np.ndindex(*draws_vi.shape[2:]):
+    rows: dict[str, list[float]] = {}
+    for name, draws_vi in vi.items():
+        shape = draws_vi.shape[2:]
+        flat_vi = draws_vi.reshape(-1, *shape)
+        flat_mcmc = mcmc[name].reshape(-1, *shape)
+        for index in np.ndindex(*shape):
             a, b = flat_vi[(slice(None),) + index], flat_mcmc[(slice(None),) + index]
-            # numpy scalars: a zero MCMC sd gives inf/nan, not ZeroDivisionError
-            mean_vi, sd_vi = np.float64(a.mean()), np.float64(a.std(ddof=1))
-            mean_mcmc, sd_mcmc = np.float64(b.mean()), np.float64(b.std(ddof=1))
+            mean_vi, sd_vi = a.mean(), a.std(ddof=1)
+            mean_mcmc, sd_mcmc = b.mean(), b.std(ddof=1)
+            # A constant MCMC chain gives inf/nan ratios, which is the honest answer.
+            with np.errstate(divide="ignore", invalid="ignore"):
+                errors = [(mean_vi - mean_mcmc) / sd_mcmc, sd_vi / sd_mcmc]
             rows[_label(name, index)] = [
-                mean_vi,
-                sd_vi,
-                mean_mcmc,
-                sd_mcmc,
-                (mean_vi - mean_mcmc) / sd_mcmc,
-                sd_vi / sd_mcmc,
+                float(v) for v in (mean_vi, sd_vi, mean_mcmc, sd_mcmc, *errors)
             ]
-    table = pd.DataFrame.from_dict(rows, orient="index", columns=COLUMNS)
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=_COLUMNS)
     table.index.name = "parameter"
     return table

@@ -8,21 +8,21 @@ For a model :math:`p(x, z)` and a guide :math:`q(z)`, the importance-weighted
     \\mathcal{L}_K = \\log \\frac{1}{K} \\sum_{k=1}^{K} \\frac{p(x, z_k)}{q(z_k)}
     \\le \\log p(x),
 
-which is an ELBO for :math:`K = 1`, tightens as :math:`K` grows and is exact
-for any :math:`K` when :math:`q` is the exact posterior (Burda et al. 2016).
+an ELBO for :math:`K = 1` that tightens as :math:`K` grows and is exact for
+any :math:`K` when :math:`q` is the exact posterior (Burda et al. 2016).
 
-Everything here works for any Pyro model/guide pair: the guide is traced, the
-model is replayed against it and the log-weight of a draw is the model's log
-joint minus the guide's log density, summed over all sample sites (observed
-sites are part of the model term; guide-only auxiliary sites, such as those of
-``AutoContinuous`` guides, are part of the guide term).  Scales and masks set
-with :mod:`pyro.poutine` or subsampled plates are applied as in Pyro's ELBOs.
+This works for any Pyro model/guide pair: the guide is traced, the model is
+replayed against it, and a draw's log-weight is the model's log joint minus
+the guide's log density, each summed over all its sample sites (observed
+sites belong to the model term; guide-only auxiliary sites, as in
+``AutoContinuous`` guides, to the guide term).  Scales and masks from
+:mod:`pyro.poutine` or subsampled plates apply as in Pyro's ELBOs.
 
-The draws are evaluated as a batch under an extra outermost ``pyro.plate``
-(like :func:`pyro.infer.importance.vectorized_importance_weights`).  Models
-whose code cannot broadcast over that plate fall back to one model run per
-draw, with a warning.  All computation runs under :func:`torch.no_grad`: this
-is an evaluation metric, not a training objective.
+Draws are evaluated as a batch under an extra outermost ``pyro.plate`` (as in
+:func:`pyro.infer.importance.vectorized_importance_weights`); a model whose
+code cannot broadcast over it falls back to one run per draw, with a warning.
+Everything runs under :func:`torch.no_grad`: this is an evaluation metric,
+not a training objective.
 
 Example::
 
@@ -46,23 +46,21 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
 from typing import Any, Callable, Iterator, NamedTuple
 
-import torch
 import pyro
+import torch
 from pyro import poutine
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import prune_subsample_sites
 
 __all__ = [
-    "ImportanceSamples",
-    "importance_log_weights",
-    "importance_sample",
-    "iwae_log_likelihood",
+    "ImportanceSamples", "importance_log_weights", "importance_sample", "iwae_log_likelihood"
 ]
 
 _PARTICLE_PLATE = "_iwae_particles"
+
+_Chunk = tuple[torch.Tensor, dict[str, torch.Tensor]]
 
 
 class ImportanceSamples(NamedTuple):
@@ -70,7 +68,7 @@ class ImportanceSamples(NamedTuple):
 
     :ivar log_weights: ``(num_samples,)`` tensor of ``log p(x, z) - log q(z)``.
     :ivar samples: latent site name -> ``(num_samples, *site_shape)`` tensor,
-        where ``site_shape`` is the value's shape in a single (unbatched) run.
+        ``site_shape`` being the value's shape in a single (unbatched) run.
     :ivar trace: one unbatched model trace replayed against the guide; it
         describes each site's shape, distribution and enclosing plates.
     """
@@ -80,8 +78,14 @@ class ImportanceSamples(NamedTuple):
     trace: Trace
 
 
-@dataclass(frozen=True)
-class _Layout:
+class _Program(NamedTuple):
+    model: Callable
+    guide: Callable
+    args: tuple
+    kwargs: dict
+
+
+class _Layout(NamedTuple):
     """Static facts about a model/guide pair, read off one unbatched run."""
 
     max_plate_nesting: int
@@ -99,42 +103,27 @@ def _trace_pair(
     model: Callable, guide: Callable, args: tuple, kwargs: dict
 ) -> tuple[Trace, Trace]:
     guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-        *args, **kwargs
-    )
+    replayed = poutine.replay(model, trace=guide_trace)
+    model_trace = poutine.trace(replayed).get_trace(*args, **kwargs)
     # Subsample sites carry indices, not densities.
-    model_trace = prune_subsample_sites(model_trace)
-    guide_trace = prune_subsample_sites(guide_trace)
-    model_trace.compute_log_prob()
-    guide_trace.compute_log_prob()
-    return model_trace, guide_trace
+    traces = prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
+    for trace in traces:
+        trace.compute_log_prob()
+    return traces
 
 
 def _sample_sites(trace: Trace) -> Iterator[tuple[str, dict]]:
-    for name, site in trace.nodes.items():
-        if site["type"] == "sample":
-            yield name, site
+    return ((name, site) for name, site in trace.nodes.items() if site["type"] == "sample")
 
 
-def _inspect(
-    model: Callable,
-    guide: Callable,
-    args: tuple,
-    kwargs: dict,
-    plate: str | None,
-    max_plate_nesting: int | None,
-) -> _Layout:
+def _inspect(program: _Program, plate: str | None) -> _Layout:
     # This unbatched run also lets lazily built guides (AutoNormal and friends)
     # create their parameters outside the particle plate; built inside it,
     # their prototype trace would be batched over particles.
-    model_trace, guide_trace = _trace_pair(model, guide, args, kwargs)
-    latent = {
-        name: site["value"].shape
-        for name, site in _sample_sites(model_trace)
-        if not site["is_observed"]
-    }
+    model_trace, guide_trace = _trace_pair(*program)
+    latent = {n: s["value"].shape for n, s in _sample_sites(model_trace) if not s["is_observed"]}
     if not latent:
-        name = getattr(model, "__name__", repr(model))
+        name = getattr(program.model, "__name__", repr(program.model))
         raise ValueError(
             f"model {name!r} has no latent sample sites: there is nothing to "
             "importance-sample (its marginal likelihood is its log-density)"
@@ -148,37 +137,31 @@ def _inspect(
     nesting = 0
     for trace in (model_trace, guide_trace):
         for _, site in _sample_sites(trace):
-            # Batch dims not declared by any plate also need room to the right
-            # of the particle plate, hence the log_prob rank.
+            # Batch dims that no plate declares also need room right of the
+            # particle plate, hence the log_prob rank.
             nesting = max(nesting, site["log_prob"].dim())
-            for frame in site["cond_indep_stack"]:
-                if frame.vectorized:
-                    nesting = max(nesting, -frame.dim)
-    if max_plate_nesting is not None:
-        nesting = max(nesting, max_plate_nesting)
-    plate_dim, plate_size = (
-        _find_plate(model_trace, guide_trace, plate) if plate else (None, None)
-    )
+            nesting = max([nesting] + [-f.dim for f in site["cond_indep_stack"] if f.vectorized])
+    plate_dim, plate_size = _find_plate(model_trace, guide_trace, plate) if plate else (None, None)
     return _Layout(nesting, latent, plate_dim, plate_size, model_trace)
 
 
 def _find_plate(model_trace: Trace, guide_trace: Trace, plate: str) -> tuple[int, int]:
-    dims = set()
-    size = None
+    dims, size = set(), 0
     for trace in (model_trace, guide_trace):
         for name, site in _sample_sites(trace):
-            frames = [f for f in site["cond_indep_stack"] if f.name == plate]
-            if not frames:
+            if site["infer"].get("_deterministic"):
+                continue  # pyro.deterministic: zero log-prob, couples nothing
+            frame = next((f for f in site["cond_indep_stack"] if f.name == plate), None)
+            if frame is None:
                 # Such a site couples all data points, so the bound no longer
                 # splits into one term per data point.
                 raise ValueError(
-                    f"per_datapoint_plate={plate!r}: sample site {name!r} is not "
-                    "inside that plate; every model and guide site must be for the "
+                    f"per_datapoint_plate={plate!r}: sample site {name!r} is not inside "
+                    "that plate; every model and guide site must be for the "
                     "per-datapoint bound to exist (use the joint bound instead)"
                 )
-            frame = frames[0]
-            if frame.dim is None:
-                raise ValueError(f"plate {plate!r} must be vectorized (not a Python loop)")
+            if not frame.vectorized:
+                raise ValueError(f"plate {plate!r} must be vectorized, not a Python loop")
             dims.add(frame.dim)
             size = site["log_prob"].shape[frame.dim]
             if size != frame.size:
@@ -186,134 +169,115 @@ def _find_plate(model_trace: Trace, guide_trace: Trace, plate: str) -> tuple[int
                     f"plate {plate!r} subsamples {size} of {frame.size} data points; "
                     "pass the data points to evaluate as a full plate instead"
                 )
+    if len(dims) > 1:
+        raise ValueError(f"plate {plate!r} has different dims in model and guide: {dims}")
     return dims.pop(), size
 
 
-def _log_prob_terms(
-    trace: Trace, total_dims: int, keep_dims: list[int], out_shape: tuple[int, ...]
-) -> torch.Tensor:
-    """Sum every site's log-prob over all batch dims except ``keep_dims``."""
-    total = 0.0
+def _summed_log_prob(trace: Trace, ndim: int, keep: list[int], shape: tuple) -> torch.Tensor:
+    """Sum every site's log-prob over all batch dims except the ``keep`` dims."""
+    total = torch.zeros(())
     for name, site in _sample_sites(trace):
         log_prob = site["log_prob"]
-        if log_prob.dim() > total_dims:
+        if log_prob.dim() > ndim:
             raise _LayoutChanged(f"site {name!r} has more batch dims than expected")
-        log_prob = log_prob.reshape((1,) * (total_dims - log_prob.dim()) + log_prob.shape)
-        keep = [total_dims + d for d in keep_dims]
-        others = [d for d in range(total_dims) if d not in keep]
-        if others:  # sum over an empty dim list would sum over everything
+        log_prob = log_prob.reshape((1,) * (ndim - log_prob.dim()) + log_prob.shape)
+        kept = [ndim + d for d in keep]
+        others = [d for d in range(ndim) if d not in kept]
+        if others:  # sum() over an empty dim list would sum over everything
             log_prob = log_prob.sum(others, keepdim=True)
-        total = total + log_prob.reshape([log_prob.shape[d] for d in keep])
-    return torch.as_tensor(total).expand(out_shape)
+        total = total + log_prob.reshape([log_prob.shape[d] for d in kept])
+    return total.expand(shape)
 
 
-def _weights_of(
-    model_trace: Trace,
-    guide_trace: Trace,
-    layout: _Layout,
-    particle_dim: int | None,
-    num_particles: int,
+def _log_weights(
+    model_trace: Trace, guide_trace: Trace, layout: _Layout, particles: int | None
 ) -> torch.Tensor:
-    total_dims = layout.max_plate_nesting + (particle_dim is not None)
-    keep: list[int] = [] if particle_dim is None else [particle_dim]
-    shape: tuple[int, ...] = () if particle_dim is None else (num_particles,)
+    """``(particles,)`` or ``()`` log-weights, with a trailing plate dim if per data point."""
+    ndim, keep, shape = layout.max_plate_nesting, [], ()
+    if particles is not None:
+        ndim += 1
+        keep, shape = [-ndim], (particles,)
     if layout.plate_dim is not None:
-        keep.append(layout.plate_dim)
-        shape = shape + (layout.plate_size,)
-    return _log_prob_terms(model_trace, total_dims, keep, shape) - _log_prob_terms(
-        guide_trace, total_dims, keep, shape
-    )
+        keep, shape = keep + [layout.plate_dim], shape + (layout.plate_size,)
+    log_p = _summed_log_prob(model_trace, ndim, keep, shape)
+    return log_p - _summed_log_prob(guide_trace, ndim, keep, shape)
 
 
-def _batched_chunk(
-    model: Callable, guide: Callable, args: tuple, kwargs: dict, layout: _Layout, size: int
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    particle_dim = -(layout.max_plate_nesting + 1)
-
+def _batched_chunk(program: _Program, layout: _Layout, size: int) -> _Chunk:
     def batched(fn: Callable) -> Callable:
-        def run(*a: Any, **k: Any) -> Any:
-            with pyro.plate(_PARTICLE_PLATE, size, dim=particle_dim):
-                return fn(*a, **k)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            with pyro.plate(_PARTICLE_PLATE, size, dim=-(layout.max_plate_nesting + 1)):
+                return fn(*args, **kwargs)
 
         return run
 
-    model_trace, guide_trace = _trace_pair(batched(model), batched(guide), args, kwargs)
-    log_weights = _weights_of(model_trace, guide_trace, layout, particle_dim, size)
+    model_trace, guide_trace = _trace_pair(
+        batched(program.model), batched(program.guide), program.args, program.kwargs
+    )
     values = {}
     for name, shape in layout.latent_shapes.items():
         if name not in model_trace.nodes:
             raise _LayoutChanged(f"latent site {name!r} vanished in the batched run")
         value = model_trace.nodes[name]["value"]
         # A broadcast-correct value is (size, 1, ..., 1, *shape).
-        if value.numel() != size * shape.numel() or value.shape[value.dim() - len(shape):] != shape:
+        trailing = value.shape[value.dim() - len(shape) :]
+        if value.numel() != size * shape.numel() or trailing != shape:
             raise _LayoutChanged(f"latent site {name!r} has batched shape {tuple(value.shape)}")
         values[name] = value.reshape((size,) + shape)
-    return log_weights, values
+    return _log_weights(model_trace, guide_trace, layout, size), values
 
 
-def _sequential_chunk(
-    model: Callable, guide: Callable, args: tuple, kwargs: dict, layout: _Layout, size: int
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def _sequential_chunk(program: _Program, layout: _Layout, size: int) -> _Chunk:
     weights, draws = [], []
     for _ in range(size):
-        model_trace, guide_trace = _trace_pair(model, guide, args, kwargs)
-        weights.append(_weights_of(model_trace, guide_trace, layout, None, 1))
+        model_trace, guide_trace = _trace_pair(*program)
+        weights.append(_log_weights(model_trace, guide_trace, layout, None))
         draws.append({n: s["value"] for n, s in _sample_sites(model_trace) if not s["is_observed"]})
     values = {}
     for name, shape in layout.latent_shapes.items():
         if any(name not in d or d[name].shape != shape for d in draws):
-            # Only the weights are well defined for models with dynamic structure.
-            values = {}
-            break
+            return torch.stack(weights), {}  # dynamic structure: only weights are defined
         values[name] = torch.stack([d[name] for d in draws])
     return torch.stack(weights), values
 
 
 def _chunks(
-    model: Callable,
-    guide: Callable,
-    args: tuple,
-    kwargs: dict,
+    program: _Program,
+    layout: _Layout,
     num_samples: int,
     batch_size: int | None,
-    plate: str | None,
     vectorize: bool | None,
-    max_plate_nesting: int | None,
-    layout: _Layout | None = None,
-) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+) -> Iterator[_Chunk]:
+    """Yield the draws in chunks of at most ``batch_size``; check them at the end."""
     if int(num_samples) != num_samples or num_samples < 1:
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
     if batch_size is not None and (int(batch_size) != batch_size or batch_size < 1):
         raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
-    if layout is None:
-        layout = _inspect(model, guide, args, kwargs, plate, max_plate_nesting)
     step = num_samples if batch_size is None else min(batch_size, num_samples)
     sizes = [step] * (num_samples // step) + ([num_samples % step] if num_samples % step else [])
     batched = vectorize is not False
-    fallback_reason: Exception | None = None
     bad = {"nan": 0, "+inf": 0, "-inf": 0}
     for index, size in enumerate(sizes):
-        chunk = None
         if batched:
             try:
-                chunk = _batched_chunk(model, guide, args, kwargs, layout, size)
+                chunk = _batched_chunk(program, layout, size)
             # The model is arbitrary user code: any failure under the particle
             # plate means it does not broadcast, which the loop below handles.
             except Exception as error:
                 if vectorize is True or index > 0:
                     raise
-                batched, fallback_reason = False, error
-        if chunk is None:
-            chunk = _sequential_chunk(model, guide, args, kwargs, layout, size)
-            if fallback_reason is not None:
+                batched = False
+                chunk = _sequential_chunk(program, layout, size)
                 warnings.warn(
                     "model/guide could not be evaluated under a particle plate "
-                    f"({type(fallback_reason).__name__}: {fallback_reason}); "
-                    "falling back to one run per sample, which is slower",
+                    f"({type(error).__name__}: {error}); falling back to one run "
+                    "per sample, which is slower",
                     RuntimeWarning,
-                    stacklevel=3,
+                    stacklevel=2,
                 )
-                fallback_reason = None
+        else:
+            chunk = _sequential_chunk(program, layout, size)
         log_weights = chunk[0]
         bad["nan"] += int(log_weights.isnan().sum())
         bad["+inf"] += int((log_weights == math.inf).sum())
@@ -339,7 +303,6 @@ def importance_log_weights(
     batch_size: int | None = None,
     per_datapoint_plate: str | None = None,
     vectorize: bool | None = None,
-    max_plate_nesting: int | None = None,
     **kwargs: Any,
 ) -> torch.Tensor:
     """Log importance weights ``log p(x, z_k) - log q(z_k)`` of guide draws.
@@ -354,8 +317,6 @@ def importance_log_weights(
         data point (every sample site must lie inside the plate).
     :param vectorize: ``True`` forces batched evaluation, ``False`` forces one
         run per draw, ``None`` tries batching and falls back with a warning.
-    :param max_plate_nesting: lower bound on the model's plate nesting; only
-        needed if an unbatched run under-reports it (dynamic plates).
     :return: tensor of shape ``(num_samples,)``, or ``(num_samples, N)`` with a
         ``per_datapoint_plate`` of size ``N``.
     :raises ValueError: if the model has no latent sites, a latent site is not
@@ -365,14 +326,12 @@ def importance_log_weights(
 
         >>> import pyro, pyro.distributions as dist
         >>> model = lambda: pyro.sample("z", dist.Normal(0.0, 1.0))
-        >>> guide = lambda: pyro.sample("z", dist.Normal(0.0, 1.0))
-        >>> importance_log_weights(model, guide, num_samples=5)
+        >>> importance_log_weights(model, model, num_samples=5)  # guide = posterior
         tensor([0., 0., 0., 0., 0.])
     """
-    chunks = _chunks(
-        model, guide, args, kwargs, num_samples, batch_size,
-        per_datapoint_plate, vectorize, max_plate_nesting,
-    )
+    program = _Program(model, guide, args, kwargs)
+    layout = _inspect(program, per_datapoint_plate)
+    chunks = _chunks(program, layout, num_samples, batch_size, vectorize)
     return torch.cat([log_weights for log_weights, _ in chunks])
 
 
@@ -403,11 +362,10 @@ def importance_sample(
         >>> draws.samples["z"].shape, draws.log_weights.shape
         (torch.Size([10, 3]), torch.Size([10]))
     """
-    layout = _inspect(model, guide, args, kwargs, None, None)
+    program = _Program(model, guide, args, kwargs)
+    layout = _inspect(program, None)
     weights, samples = [], {name: [] for name in layout.latent_shapes}
-    for log_weights, values in _chunks(
-        model, guide, args, kwargs, num_samples, batch_size, None, vectorize, None, layout
-    ):
+    for log_weights, values in _chunks(program, layout, num_samples, batch_size, vectorize):
         if not values:
             raise ValueError(
                 "the model's latent sites change shape between runs, so its draws "
@@ -416,9 +374,8 @@ def importance_sample(
         weights.append(log_weights)
         for name, value in values.items():
             samples[name].append(value)
-    return ImportanceSamples(
-        torch.cat(weights), {name: torch.cat(v) for name, v in samples.items()}, layout.trace
-    )
+    stacked = {name: torch.cat(chunks) for name, chunks in samples.items()}
+    return ImportanceSamples(torch.cat(weights), stacked, layout.trace)
 
 
 @torch.no_grad()
@@ -430,7 +387,6 @@ def iwae_log_likelihood(
     batch_size: int | None = None,
     per_datapoint_plate: str | None = None,
     vectorize: bool | None = None,
-    max_plate_nesting: int | None = None,
     **kwargs: Any,
 ) -> torch.Tensor:
     """Importance-weighted lower bound on ``log p(x)``.
@@ -442,11 +398,11 @@ def iwae_log_likelihood(
     With ``per_datapoint_plate="data"`` each data point :math:`n` of that
     plate gets its own bound :math:`\\log \\frac{1}{K} \\sum_k \\exp(w_{nk})`,
     where :math:`w_{nk}` sums only the log-prob terms indexed by :math:`n`
-    (e.g. a VAE's :math:`\\log p(x_n | z_n) + \\log p(z_n) - \\log q(z_n | x_n)`)
-    and each data point has its own :math:`K` draws.  The dataset bound is the
-    sum of that vector, and it is at least as tight as the joint bound.  Every
-    sample site must lie in the plate: a global latent couples the data points
-    and the bound would not split.
+    (a VAE's :math:`\\log p(x_n | z_n) p(z_n) / q(z_n | x_n)`), over its own
+    :math:`K` draws.  The dataset bound is the sum of that
+    vector and is, in expectation, at least as tight as the joint bound.
+    Every sample site must lie in the plate: a global latent couples the data
+    points, and the bound would not split.
 
     Arguments are as for :func:`importance_log_weights`; ``*args`` and
     ``**kwargs`` are passed on to the model and guide.
@@ -463,11 +419,10 @@ def iwae_log_likelihood(
         >>> iwae_log_likelihood(model, model, num_samples=10)  # guide = posterior
         tensor(0.)
     """
+    program = _Program(model, guide, args, kwargs)
+    layout = _inspect(program, per_datapoint_plate)
     total: torch.Tensor | None = None
-    for log_weights, _ in _chunks(
-        model, guide, args, kwargs, num_samples, batch_size,
-        per_datapoint_plate, vectorize, max_plate_nesting,
-    ):
+    for log_weights, _ in _chunks(program, layout, num_samples, batch_size, vectorize):
         chunk_total = torch.logsumexp(log_weights, dim=0)
         total = chunk_total if total is None else torch.logaddexp(total, chunk_total)
     assert total is not None  # _chunks yields at least one chunk
