@@ -10,6 +10,7 @@ imported. Entry points are loaded lazily, the first time a name is looked up or 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Callable
@@ -83,7 +84,12 @@ def _load_plugins() -> None:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in _entries:
             continue
-        obj = ep.load()
+        try:
+            obj = ep.load()
+        except Exception as error:  # one broken plugin must not hide the others
+            warnings.warn(f"pyro-flows could not load the transform plugin {ep.name!r} "
+                          f"({ep.value}): {error!r}", RuntimeWarning, stacklevel=3)
+            continue
         if ep.name not in _entries and callable(obj):
             register(ep.name, event_dims=tuple(getattr(obj, "event_dims", (VECTOR, IMAGE))),
                      conditional=bool(getattr(obj, "conditional", False)))(obj)

@@ -74,14 +74,18 @@ class ActNorm(Bijector):
             flat = data.reshape(-1, c, self.pixels).transpose(1, 2).reshape(-1, c)
         else:
             flat = data.reshape(-1, c)
-        stats = torch.stack([
-            flat.new_full((c,), float(flat.shape[0])), flat.sum(0), (flat * flat).sum(0)
-        ])
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(stats)
-        count, total, squares = stats
-        mean = total / count
-        var = (squares / count - mean * mean).clamp_min(0)
+        # Two passes (mean, then centred squares): E[x^2] - E[x]^2 loses the variance of
+        # data far from zero to cancellation.
+        count = flat.new_full((c,), float(flat.shape[0]))
+        sums = torch.stack([count, flat.sum(0)])
+        distributed = dist.is_available() and dist.is_initialized()
+        if distributed:
+            dist.all_reduce(sums)
+        mean = sums[1] / sums[0]
+        squares = (flat - mean).square().sum(0)
+        if distributed:
+            dist.all_reduce(squares)
+        var = squares / sums[0]
         std = torch.where(var > 1e-12, var.sqrt(), torch.ones_like(var))
         self.loc.copy_(mean.reshape(self.loc.shape))
         self.log_scale.copy_(std.log().reshape(self.log_scale.shape))

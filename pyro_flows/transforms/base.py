@@ -29,6 +29,7 @@ __all__ = [
     "ConditionedTransform",
     "as_event_shape",
     "check_event_shape",
+    "same_state",
 ]
 
 
@@ -53,8 +54,16 @@ def check_event_shape(owner: object, x: torch.Tensor, event_shape: tuple[int, ..
         )
 
 
-def _versions(params: Iterable[torch.Tensor]) -> tuple[int, ...]:
-    return tuple(p._version for p in params)
+def _state(params: Iterable[torch.Tensor]) -> tuple:
+    """The identity and version of each parameter: changes on an in-place update (optimizer
+    step, ``load_state_dict``) and when a parameter is swapped (``assign=True``,
+    ``torch.func.functional_call``)."""
+    return tuple((p, p._version) for p in params)
+
+
+def same_state(a: tuple, b: tuple) -> bool:
+    """Whether two ``_state_key()`` results name the same tensors at the same versions."""
+    return len(a) == len(b) and all(p is q and u == v for (p, u), (q, v) in zip(a, b))
 
 
 class _Memo:
@@ -62,25 +71,28 @@ class _Memo:
 
     _record: tuple | None = None
 
-    def _state_key(self) -> tuple[int, ...]:
+    def _state_key(self) -> tuple:
         raise NotImplementedError
 
     def _memoized(self, x: torch.Tensor, inverse: bool) -> torch.Tensor:
-        if torch.compiler.is_compiling():
+        # Inference tensors have no version counter, so nothing could prove a hit fresh.
+        if torch.compiler.is_compiling() or torch.is_inference_mode_enabled() or x.is_inference():
             return self._compute(x, inverse)[0]
         key = self._state_key()
         rec = self._record
+        i = 1 if inverse else 0
         if (
             self._cache_size
             and rec is not None
-            and rec[1 if inverse else 0] is x
-            and rec[3] == key
+            and rec[i] is x
+            and rec[5][i] == x._version
             and (rec[4] or not torch.is_grad_enabled())
+            and same_state(rec[3], key)
         ):
-            return rec[0 if inverse else 1]
+            return rec[1 - i]
         out, ladj = self._compute(x, inverse)
         x_, y_ = (out, x) if inverse else (x, out)
-        self._record = (x_, y_, ladj, key, torch.is_grad_enabled())
+        self._record = (x_, y_, ladj, key, torch.is_grad_enabled(), (x_._version, y_._version))
         return out
 
     def _compute(self, x: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,8 +117,9 @@ class _Memo:
             and rec[0] is x
             and rec[1] is y
             and not torch.compiler.is_compiling()
+            and rec[5] == (x._version, y._version)
             and (rec[4] or not torch.is_grad_enabled())
-            and rec[3] == self._state_key()
+            and same_state(rec[3], self._state_key())
         ):
             return rec[2]
         return self._forward_call(x)[1]
@@ -146,11 +159,20 @@ class Bijector(_Memo, TransformModule):
         self.domain = constraints.independent(constraints.real, event_dim)
         self.codomain = constraints.independent(constraints.real, event_dim)
 
-    def _state_key(self) -> tuple[int, ...]:
-        return _versions(self.parameters())
+    def _state_key(self) -> tuple:
+        return _state(self.parameters())
 
     def _forward_call(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self._forward(x)
+
+    def _clear_caches(self) -> None:
+        self._record = None
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to()/.double()/.cuda() swap parameter storage without touching version counters,
+        # so anything computed before must go.
+        self._clear_caches()
+        return super()._apply(fn, *args, **kwargs)
 
     def _backward_call(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self._backward(y)
@@ -177,8 +199,8 @@ class ConditionedTransform(_Memo, Transform):
         self.domain = parent.domain
         self.codomain = parent.codomain
 
-    def _state_key(self) -> tuple[int, ...]:
-        return _versions(self.parent.parameters())
+    def _state_key(self) -> tuple:
+        return _state(self.parent.parameters())
 
     def _forward_call(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.parent.flow._forward(x, self.context)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Bijector, as_event_shape, check_event_shape
+from .base import Bijector, as_event_shape, check_event_shape, same_state
 
 __all__ = ["InvertibleConv1x1", "InvertibleLinear", "invertible_conv1x1", "invertible_linear"]
 
@@ -44,10 +44,11 @@ class _InvertibleMatrix(Bijector):
         no gradient is wanted (sampling, evaluation)."""
         if torch.is_grad_enabled() or torch.compiler.is_compiling():
             return self._build(inverse)
-        key = (inverse, self._state_key())
-        if self._no_grad_cache is None or self._no_grad_cache[0] != key:
-            self._no_grad_cache = (key, *self._build(inverse))
-        return self._no_grad_cache[1], self._no_grad_cache[2]
+        cache = self._no_grad_cache
+        key = self._state_key()
+        if cache is None or cache[0] != inverse or not same_state(cache[1], key):
+            cache = self._no_grad_cache = (inverse, key, *self._build(inverse))
+        return cache[2], cache[3]
 
     def _build(self, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.lu:
@@ -81,6 +82,10 @@ class _InvertibleMatrix(Bijector):
         check_event_shape(self, y, self.event_shape)
         w_inv, logdet = self._matrices(inverse=True)
         return self._mix(y, w_inv), self._ladj(y, logdet)
+
+    def _clear_caches(self) -> None:
+        super()._clear_caches()
+        self._no_grad_cache = None
 
     def __getstate__(self):
         state = super().__getstate__()

@@ -1,0 +1,297 @@
+"""``AutoFlow``: a normalizing-flow autoguide; and :func:`build_guide_flow`, which builds a
+registered flow so that a guide starts exactly at its Gaussian.
+
+A guide built this way draws the model's unconstrained latents as::
+
+    eps ~ N(0, I)  --affine-->  u = loc + scale * eps  --flow-->  z  --biject_to-->  model sites
+
+At initialization ``flow`` is exactly the identity, so the guide *is* the diagonal Gaussian guide
+(``AutoNormal`` / ``AutoDiagonalNormal``) and training starts from that guide's ELBO. Zero-initialized
+couplings alone do not give that: the registry's flows also mix coordinates with fixed
+permutations (RealNVP) or a random rotation (Glow's invertible linear layer), so
+:func:`build_guide_flow` prepends the inverse of that initial mixing (a fixed linear map).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.distributions import constraints
+from pyro.distributions.conditional import (
+    ConditionalComposeTransformModule,
+    ConstantConditionalTransform,
+)
+from pyro.distributions.torch_transform import ComposeTransformModule
+from pyro.infer.autoguide import AutoContinuous, init_to_median
+from pyro.infer.autoguide.guides import prototype_hide_fn
+from pyro.nn import PyroParam
+from pyro.poutine.trace_struct import Trace
+from torch import nn
+from torch.distributions import biject_to
+
+from ..registry import build, entry
+from ..transforms import Bijector, skip_data_init
+from ..transforms.base import check_event_shape
+
+__all__ = ["AutoFlow", "build_guide_flow"]
+
+# Every guide flow is built from this seed: the param store holds parameters but not buffers
+# (Glow's LU permutation and signs, the un-mixing below), so a guide rebuilt from the store
+# alone must recreate the very same buffers.
+FLOW_SEED = 0
+
+
+class _FixedLinear(Bijector):
+    """``y = x @ weight`` for a fixed invertible matrix, its inverse and log-det precomputed."""
+
+    def __init__(self, weight: torch.Tensor, weight_inv: torch.Tensor) -> None:
+        super().__init__(event_dim=1)
+        self.register_buffer("weight", weight)
+        self.register_buffer("weight_inv", weight_inv)
+        self.register_buffer("log_det", torch.linalg.slogdet(weight)[1])
+
+    def _forward(self, x: torch.Tensor, context: torch.Tensor | None = None):
+        check_event_shape(self, x, self.weight.shape[:1])
+        return x @ self.weight, self.log_det.expand(x.shape[:-1])
+
+    def _backward(self, y: torch.Tensor, context: torch.Tensor | None = None):
+        check_event_shape(self, y, self.weight.shape[:1])
+        return y @ self.weight_inv, self.log_det.expand(y.shape[:-1])
+
+
+def _takes(builder: Callable, name: str) -> bool:
+    params = inspect.signature(builder).parameters.values()
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
+
+
+def _unmixing(name: str, flow, dim: int, context_dim: int, like: torch.Tensor) -> _FixedLinear:
+    """The inverse of ``flow``'s initial map, which must be linear: ``x -> x @ A``."""
+    eye = torch.eye(dim, dtype=like.dtype, device=like.device)
+    gen = torch.Generator().manual_seed(FLOW_SEED)
+    probe = torch.randn(4, dim, generator=gen).to(eye)
+    with torch.no_grad():
+        if context_dim:
+            start = flow.condition(eye.new_zeros(context_dim))
+            other = flow.condition(torch.randn(context_dim, generator=gen).to(eye))
+        else:
+            start = other = flow
+        mixing = start(eye)  # row i is f(e_i), so f(x) = x @ mixing
+        unmixing = start.inv(eye)
+        linear = torch.allclose(other(probe), probe @ mixing, rtol=1e-4, atol=1e-4)
+    if not linear:
+        raise ValueError(
+            f"flow {name!r} is not linear at initialization (for every context), so a guide "
+            "cannot start at its Gaussian; guide flows need zero-initialized couplings")
+    return _FixedLinear(unmixing, mixing)
+
+
+def build_guide_flow(name: str, dim: int, context_dim: int = 0, like: torch.Tensor | None = None,
+                     **kwargs: Any) -> nn.Module:
+    """A registered vector flow ``name`` on ``(dim,)``, ready to refine a Gaussian guide: it is
+    exactly the identity at initialization and never initializes an ActNorm from data.
+
+    Builds ``name`` (``"conditional_" + kind`` when ``context_dim > 0``) with ``data_init=False``
+    when its builder takes it, from the fixed seed ``FLOW_SEED`` without touching the global RNG,
+    on ``like``'s dtype and device, and precedes it with the inverse of its initial mixing.
+
+    :param name: a registered flow name, e.g. ``"realnvp"`` or ``"conditional_glow"``.
+    :param dim: the size of the vectors the flow acts on.
+    :param context_dim: context size for a conditional flow (0: unconditional).
+    :param like: a tensor whose dtype and device the flow takes (default: torch's defaults).
+    :returns: a ``ComposeTransformModule``, or a ``ConditionalComposeTransformModule`` when
+        ``context_dim > 0``.
+
+    >>> import torch
+    >>> f = build_guide_flow("realnvp", 4)
+    >>> x = torch.randn(3, 4)
+    >>> torch.equal(f(x), x)
+    True
+    """
+    e = entry(name)
+    if e.conditional != bool(context_dim):
+        want = "a conditional flow with context_dim > 0" if e.conditional else "context_dim=0"
+        raise ValueError(f"flow {name!r} needs {want}, got context_dim={context_dim}")
+    if "data_init" in kwargs:
+        raise ValueError("a guide flow never initializes ActNorm from data (its only inputs are "
+                         "its own draws); do not pass data_init")
+    if _takes(e.builder, "data_init"):
+        kwargs["data_init"] = False
+    if context_dim:
+        kwargs["context_dim"] = context_dim
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(FLOW_SEED)
+        flow = build(name, event_shape=(dim,), **kwargs)
+    # A plugin builder may not take data_init; mark its ActNorms initialized all the same.
+    skip_data_init(flow)
+    like = torch.empty(0) if like is None else like
+    flow.to(dtype=like.dtype, device=like.device)
+    unmix = _unmixing(name, flow, dim, context_dim, like)
+    # One flat list: torch recomputes a composition's domain and codomain through every level
+    # of nesting, on every distribution built from it.
+    if context_dim:
+        parts = [t.transform if isinstance(t, ConstantConditionalTransform) else t
+                 for t in getattr(flow, "transforms", [flow])]
+        return ConditionalComposeTransformModule([unmix, *parts])
+    return ComposeTransformModule([unmix, *getattr(flow, "parts", [flow])])
+
+
+def _check_latent_sites(trace: Trace, owner: str) -> None:
+    sites = list(trace.iter_stochastic_nodes())
+    for name, site in sites:
+        if site["fn"].support.is_discrete:
+            raise ValueError(
+                f"{owner} cannot handle the discrete latent site {name!r}: enumerate it "
+                f"(infer={{'enumerate': 'parallel'}} with TraceEnum_ELBO) or hide it with "
+                f"poutine.block(model, hide=[{name!r}])")
+    if not sites:
+        raise ValueError(f"{owner} found no latent sample sites in the model (observed and "
+                         "enumerated sites need no guide); use an empty guide instead")
+
+
+class AutoFlow(AutoContinuous):
+    """An autoguide whose posterior over the model's flattened unconstrained latents (size
+    ``D``) is a normalizing flow refining a diagonal Gaussian:
+    ``z = flow(loc + scale * eps)``, ``eps ~ N(0, I)``.
+
+    ``loc`` starts at ``init_loc_fn``'s values and ``scale`` at ``init_scale`` (kept positive by
+    a softplus, as in :class:`~pyro.infer.autoguide.AutoNormal`); the flow starts as the
+    identity (see :func:`build_guide_flow`), so an untrained ``AutoFlow`` is exactly the
+    ``AutoNormal`` guide. The flow comes from the registry: ``"realnvp"`` (Dinh et al., "Density
+    estimation using Real NVP", ICLR 2017), ``"nice"`` (Dinh et al., ICLR 2015) or ``"glow"``
+    (Kingma & Dhariwal, NeurIPS 2018). A trained ``AutoFlow`` also reshapes a model for HMC
+    through :class:`~pyro.infer.reparam.NeuTraReparam` (Hoffman et al., "NeuTra-lizing Bad
+    Geometry in Hamiltonian Monte Carlo Using Neural Transport", 2019).
+
+    Sites marked ``infer={"enumerate": "parallel"}`` are left to the model (``TraceEnum_ELBO``);
+    any other discrete latent site is an error. Unlike Pyro's ``AutoNormalizingFlow``,
+    :meth:`median` and :meth:`quantiles` work, by sampling.
+
+    The flow's random initialization is drawn from the fixed seed ``FLOW_SEED`` (the global RNG
+    is untouched), so a guide rebuilt from ``pyro.get_param_store().set_state(...)`` alone has
+    the same fixed buffers; ``state_dict``/``load_state_dict`` work as for any module.
+
+    :param model: a Pyro model with continuous latent sites (at least two unconstrained
+        dimensions: a coupling splits the vector).
+    :param flow: a registered unconditional vector flow: ``"realnvp"``, ``"nice"`` or ``"glow"``.
+    :param num_layers: number of couplings.
+    :param hidden_dims: widths of each coupling's MLP (default two layers of ``max(64, 4D)``).
+    :param init_loc_fn: per-site initialization of ``loc``, as for Pyro's autoguides.
+    :param init_scale: initial ``scale`` of every unconstrained coordinate.
+    :param flow_kwargs: further keyword arguments of the flow's builder (e.g. ``scale_bound``).
+
+    >>> import torch, pyro, pyro.distributions as dist
+    >>> from pyro.infer import SVI, Trace_ELBO
+    >>> def funnel():
+    ...     y = pyro.sample("y", dist.Normal(0.0, 3.0))
+    ...     pyro.sample("x", dist.Normal(0.0, torch.exp(y / 2)).expand([3]).to_event(1))
+    >>> guide = AutoFlow(funnel, num_layers=2)
+    >>> svi = SVI(funnel, guide, pyro.optim.Adam({"lr": 5e-3}), Trace_ELBO())
+    >>> loss = svi.step()
+    >>> guide.quantiles([0.1, 0.9])["x"].shape
+    torch.Size([2, 3])
+    """
+
+    scale_constraint = constraints.softplus_positive
+
+    def __init__(self, model: Callable, flow: str = "realnvp", num_layers: int = 4,
+                 hidden_dims: tuple[int, ...] | None = None,
+                 init_loc_fn: Callable = init_to_median, init_scale: float = 0.1,
+                 **flow_kwargs: Any) -> None:
+        if not isinstance(init_scale, (int, float)) or not init_scale > 0:
+            raise ValueError(f"init_scale must be a positive number, got {init_scale!r}")
+        e = entry(flow)
+        if e.conditional or 1 not in e.event_dims:
+            raise ValueError(f"AutoFlow needs an unconditional flow on vectors, got {flow!r}")
+        self._flow_name = flow
+        self._flow_kwargs = dict(flow_kwargs, num_layers=num_layers, hidden_dims=hidden_dims)
+        self._init_scale = float(init_scale)
+        super().__init__(model, init_loc_fn=init_loc_fn)
+
+    @staticmethod
+    def _prototype_hide_fn(msg: dict) -> bool:
+        return prototype_hide_fn(msg) or msg["infer"].get("enumerate") == "parallel"
+
+    def _setup_prototype(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            super()._setup_prototype(*args, **kwargs)
+        except (NotImplementedError, RuntimeError, ValueError):
+            if self.prototype_trace is not None:  # traced, but its sites are unusable
+                trace, self.prototype_trace = self.prototype_trace, None
+                _check_latent_sites(trace, type(self).__name__)
+            raise
+        _check_latent_sites(self.prototype_trace, type(self).__name__)
+        if self.latent_dim < 2:
+            raise ValueError("AutoFlow needs at least 2 unconstrained latent dimensions (a "
+                             f"coupling splits the vector), the model has {self.latent_dim}; "
+                             "use AutoNormal")
+        loc = self._init_loc()
+        self.loc = nn.Parameter(loc)
+        self.scale = PyroParam(torch.full_like(loc, self._init_scale), self.scale_constraint)
+        self.flow = build_guide_flow(self._flow_name, self.latent_dim, like=loc,
+                                     **self._flow_kwargs)
+        # Pyro registers a plain nn.Module with pyro.module, which keeps the module's own
+        # tensors even when the param store already holds this guide's (after set_state);
+        # taking the store's makes the reload work and the optimizer train what is used.
+        pyro.module(self._pyro_get_fullname("flow"), self.flow, update_module_params=True)
+
+    def get_base_dist(self) -> dist.TorchDistribution:
+        return dist.Normal(torch.zeros_like(self.loc), torch.ones_like(self.loc)).to_event(1)
+
+    def get_transform(self, *args: Any, **kwargs: Any) -> torch.distributions.Transform:
+        # Cached affine: log_prob of the guide's own draw (every ELBO) then finds every
+        # intermediate value in the caches instead of running the flow again.
+        affine = dist.transforms.AffineTransform(self.loc, self.scale, event_dim=1, cache_size=1)
+        return dist.transforms.ComposeTransform([affine, *self.flow.parts])
+
+    def _constrained_samples(self, num_samples: int, *args: Any,
+                             **kwargs: Any) -> dict[str, torch.Tensor]:
+        """``num_samples`` posterior draws per site, shaped ``(num_samples, *site_shape)``."""
+        if self.prototype_trace is None:
+            self._setup_prototype(*args, **kwargs)
+        latent = self.get_posterior().sample((num_samples,))
+        # _unpack_latent wants batch dims left of every plate dim of every site.
+        depth = max(len(shape) for shape in self._unconstrained_shapes.values())
+        latent = latent.reshape(num_samples, *(1,) * depth, self.latent_dim)
+        return {
+            site["name"]: biject_to(site["fn"].support)(value).reshape(
+                num_samples, *site["value"].shape)
+            for site, value in self._unpack_latent(latent)
+        }
+
+    @torch.no_grad()
+    def median(self, *args: Any, num_samples: int = 1000, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """Elementwise posterior medians in the constrained space, estimated from
+        ``num_samples`` draws (a flow has no closed-form median).
+
+        :returns: site name -> tensor of the site's shape.
+        """
+        samples = self._constrained_samples(num_samples, *args, **kwargs)
+        return {name: v.quantile(0.5, dim=0) for name, v in samples.items()}
+
+    @torch.no_grad()
+    def quantiles(self, quantiles, *args: Any, num_samples: int = 1000,
+                  **kwargs: Any) -> dict[str, torch.Tensor]:
+        """Elementwise posterior quantiles in the constrained space, estimated from
+        ``num_samples`` draws.
+
+        :param quantiles: levels in ``[0, 1]``, e.g. ``[0.05, 0.5, 0.95]``.
+        :returns: site name -> tensor of shape ``(len(quantiles), *site_shape)``.
+        """
+        samples = self._constrained_samples(num_samples, *args, **kwargs)
+        return {
+            name: v.quantile(torch.as_tensor(quantiles, dtype=v.dtype, device=v.device), dim=0)
+            for name, v in samples.items()
+        }
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pyro's AutoGuide.__getstate__ drops the model from the live guide, not just from the
+        # pickled copy: torch.save(guide) would leave an in-memory guide without its model.
+        model, master = self._model, self.master
+        try:
+            return super().__getstate__()
+        finally:
+            self._model, self.master = model, master

@@ -1,0 +1,512 @@
+"""Maximum-likelihood training of a flow: :func:`fit`.
+
+Any ``nn.Module`` with ``log_prob(x) -> Tensor[batch]`` trains, e.g. a module around Pyro's
+``TransformedDistribution``; the loss is the mean negative log-likelihood in nats per example.
+What :func:`fit` adds to a plain Adam loop, and why:
+
+* linear learning-rate warm-up, because Glow at full rate can reach NaN in its first steps
+  (Kingma & Dhariwal, "Glow: Generative Flow with Invertible 1x1 Convolutions", NeurIPS 2018);
+* gradient-norm clipping, and a guard that skips a step whose loss or gradient is not finite,
+  rolls back to an in-memory snapshot and, after too many failures in a row, stops with advice;
+* validation, early stopping that restores the best weights, and a :class:`History`;
+* a checkpoint written atomically each epoch from which ``resume=True`` continues exactly as an
+  uninterrupted run would: the data order comes from its own generator, and every RNG is saved;
+* ``torch.distributed``: under ``torchrun`` the model is wrapped in DistributedDataParallel and
+  each rank takes a slice of the same global batch, so the run matches a single process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import random
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.lr_scheduler import LambdaLR
+from torch.utils.data import Dataset, IterableDataset
+from tqdm import tqdm
+
+__all__ = ["CHECKPOINT_NAME", "History", "fit", "linear_warmup"]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+_FORMAT = 1  # bump when the checkpoint layout changes
+_DISPLAY_SECONDS = 1.0  # how often the progress bar re-measures bits/dim
+
+
+@dataclass
+class History:
+    """What :func:`fit` measured, one entry per epoch (``to_dict()`` is JSON-ready).
+
+    :ivar train_loss: mean negative log-likelihood (nats per example) over the epoch's steps.
+    :ivar val_loss: mean NLL on ``val_data`` after the epoch (empty without ``val_data``).
+    :ivar val_bits_per_dim: mean ``model.bits_per_dim`` on ``val_data`` (empty unless the model
+        has that method and ``val_data`` is given).
+    :ivar lr: learning rate at the end of the epoch.
+    :ivar steps: optimizer steps in effect at the end of the epoch (rolled-back ones excluded).
+    :ivar skipped_steps: steps skipped by the non-finite guard during the epoch.
+    :ivar seconds: wall-clock duration of the epoch.
+    :ivar stopped_early: whether ``patience`` ended the training.
+    """
+
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    val_bits_per_dim: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+    skipped_steps: list[int] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    stopped_early: bool = False
+
+    @property
+    def best_epoch(self) -> int | None:
+        """Index of the epoch with the lowest finite validation loss (``None`` if none)."""
+        finite = [(v, i) for i, v in enumerate(self.val_loss) if math.isfinite(v)]
+        return min(finite)[1] if finite else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "History":
+        return cls(**d)
+
+
+def linear_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int) -> LambdaLR:
+    """Scale the learning rate by ``min(1, (k + 1) / warmup_steps)`` at step ``k`` (from 0), so
+    the first step already moves; ``warmup_steps=0`` means no warm-up.
+
+    >>> opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=1.0)
+    >>> sched, lrs = linear_warmup(opt, 4), []
+    >>> for _ in range(5):
+    ...     lrs.append(opt.param_groups[0]["lr"]); opt.step(); sched.step()
+    >>> lrs
+    [0.25, 0.5, 0.75, 1.0, 1.0]
+    """
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    return LambdaLR(optimizer, lambda k: min(1.0, (k + 1) / warmup_steps) if warmup_steps else 1.0)
+
+
+class _Data:
+    """Training or validation examples, a Tensor ``(N, ...)`` or a map-style Dataset whose
+    items are tensors or tuples starting with one (as ``TensorDataset`` gives)."""
+
+    def __init__(self, data: torch.Tensor | Dataset, name: str) -> None:
+        self.name = name
+        self.tensor = data if isinstance(data, torch.Tensor) else None
+        map_style = isinstance(data, Dataset) and not isinstance(data, IterableDataset)
+        self.dataset = data if map_style else None
+        if self.tensor is None and self.dataset is None:
+            hint = " (for a pyro_flows.data.Dataset pass .train and val_data=.val)" if hasattr(
+                data, "train") else ""
+            raise TypeError(f"{name} must be a Tensor (N, ...) or a map-style Dataset, got "
+                            f"{type(data).__name__}{hint}")
+        if self.tensor is not None and self.tensor.dim() == 0:
+            raise ValueError(f"{name} must have a leading example dimension, got a scalar")
+        self.size = len(data)
+        if self.size == 0:
+            raise ValueError(f"{name} is empty: there is nothing to train or validate on")
+        first = self.tensor[:1] if self.tensor is not None else self._item(0)[None]
+        if not first.is_floating_point():
+            raise TypeError(f"{name} must hold floating-point values, got {first.dtype}; "
+                            "convert it with .float()")
+        self.event_shape = tuple(first.shape[1:])
+        if self.tensor is not None:
+            self._check_finite(self.tensor, torch.arange(self.size))
+
+    def _item(self, i: int) -> torch.Tensor:
+        item = self.dataset[i]
+        return torch.as_tensor(item[0] if isinstance(item, (tuple, list)) else item)
+
+    def _check_finite(self, x: torch.Tensor, idx: torch.Tensor) -> None:
+        bad = ~torch.isfinite(x.reshape(len(x), -1)).all(1)
+        if bad.any():
+            where = idx[bad.cpu()][:5].tolist()
+            raise ValueError(f"{self.name} has {int(bad.sum())} example(s) with NaN or infinite "
+                             f"values (at indices {where}...); remove or impute them")
+
+    def batch(self, idx: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """The examples at ``idx``, on the device and in the dtype of ``like``."""
+        if self.tensor is not None:
+            x = self.tensor[idx.to(self.tensor.device)]
+        else:
+            x = torch.stack([self._item(i) for i in idx.tolist()])
+            self._check_finite(x, idx)
+        return x.to(device=like.device, dtype=like.dtype)
+
+
+class _LogProb(nn.Module):
+    """DDP synchronizes gradients for what its ``forward`` computes, so route ``log_prob``
+    through ``forward``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.log_prob(x)
+
+
+def _checked(log_prob: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    if log_prob.shape != x.shape[:1]:
+        raise ValueError(f"model.log_prob must return one value per example, shape "
+                         f"({len(x)},), got {tuple(log_prob.shape)}; is the event shape declared "
+                         "(e.g. .to_event)?")
+    return log_prob
+
+
+def _mean_bits_per_dim(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    bpd = model.bits_per_dim(x)
+    return bpd if bpd.dim() == 0 else bpd.mean()
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _broadcast_state(model: nn.Module) -> None:
+    """Give every rank rank 0's weights and buffers through ``load_state_dict``, so that Python
+    mirrors of buffers (ActNorm's ``_initialized``) and version-keyed caches follow."""
+    state = model.state_dict()
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor):
+            state[key] = value.clone()
+            dist.broadcast(state[key], src=0)
+    model.load_state_dict(state)
+
+
+def _capture(*parts: Any) -> list[dict]:
+    return [copy.deepcopy(p.state_dict()) for p in parts]
+
+
+def _restore(states: list[dict], *parts: Any) -> None:
+    # A deep copy again: Adam adopts loaded tensors as its state and would update the snapshot.
+    for state, part in zip(states, parts):
+        part.load_state_dict(copy.deepcopy(state))
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, words, gauss_next = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)},
+        "python": {"version": version, "words": torch.tensor(words, dtype=torch.int64),
+                   "gauss_next": gauss_next},
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(states: list[dict], rank: int, world: int, device: torch.device) -> None:
+    if len(states) != world:
+        warnings.warn(f"the checkpoint was written by {len(states)} process(es) and is resumed by "
+                      f"{world}: every rank takes rank 0's random state, so the run will not "
+                      "match an uninterrupted one exactly")
+    s = states[rank] if len(states) == world else states[0]
+    torch.set_rng_state(s["torch"])
+    if "cuda" in s and device.type == "cuda":
+        torch.cuda.set_rng_state(s["cuda"], device)
+    n = s["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached_gaussian"]))
+    p = s["python"]
+    random.setstate((p["version"], tuple(p["words"].tolist()), p["gauss_next"]))
+
+
+def _save_atomic(obj: dict, path: Path) -> None:
+    """A reader sees the old checkpoint or the new one, never half of one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _load_checkpoint(path: Path, run: dict) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"resume=True but there is no checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise RuntimeError(f"cannot read checkpoint {path} (corrupt or truncated?): "
+                           f"{type(e).__name__}: {e}") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != _FORMAT:
+        raise RuntimeError(f"{path} is not a checkpoint written by pyro_flows.fit "
+                           f"(format {_FORMAT})")
+    differ = [k for k in run if ckpt["run"].get(k) != run[k]]
+    if differ:
+        raise ValueError(f"checkpoint {path} belongs to a different run ({', '.join(differ)} "
+                         "differ); resume with the same model, data and settings, or start "
+                         "afresh with resume=False, overwrite=True or another checkpoint_dir")
+    return ckpt
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, val: _Data, batch_size: int, rank: int, world: int,
+              like: torch.Tensor) -> tuple[float, float | None]:
+    """Mean NLL and bits/dim over ``val``, each rank taking a slice, sums all-reduced."""
+    has_bpd = callable(getattr(model, "bits_per_dim", None))
+    was_training = model.training
+    model.eval()
+    nll = bpd = 0.0
+    for idx in torch.arange(val.size).tensor_split(world)[rank].split(batch_size):
+        if len(idx):
+            x = val.batch(idx, like)
+            nll -= _checked(model.log_prob(x), x).double().sum().item()
+            if has_bpd:
+                bpd += _mean_bits_per_dim(model, x).item() * len(idx)
+    model.train(was_training)
+    sums = torch.tensor([nll, bpd], dtype=torch.float64, device=like.device)
+    if world > 1:
+        dist.all_reduce(sums)
+    return sums[0].item() / val.size, (sums[1].item() / val.size if has_bpd else None)
+
+
+def fit(
+    model: nn.Module,
+    data: torch.Tensor | Dataset,
+    *,
+    epochs: int = 10,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    warmup_steps: int = 100,
+    clip_grad_norm: float | None = 100.0,
+    val_data: torch.Tensor | Dataset | None = None,
+    patience: int | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    seed: int = 0,
+    max_bad_steps: int = 10,
+    snapshot_every: int = 100,
+    progress: bool = True,
+    callback: Callable[[int, History], bool | None] | None = None,
+) -> History:
+    """Fit ``model`` to ``data`` by maximum likelihood with Adam; return the :class:`History`.
+
+    :param model: any ``nn.Module`` with ``log_prob(x) -> Tensor[batch]``; if it also has
+        ``bits_per_dim(x)``, validation and the progress bar report it. Trained in place.
+    :param data: a Tensor ``(N, ...)`` or a map-style Dataset (items: tensors, or tuples whose
+        first entry is the example). Batches move to the model's device and dtype.
+    :param epochs: total number of epochs, counting those a resumed checkpoint already did.
+    :param batch_size: the global batch size (split across ranks under ``torch.distributed``).
+    :param lr: Adam's learning rate after warm-up.
+    :param warmup_steps: optimizer steps of linear warm-up (:func:`linear_warmup`).
+    :param clip_grad_norm: maximum gradient norm (``None``: no clipping).
+    :param val_data: examples to validate on after each epoch, as ``data``.
+    :param patience: stop after this many epochs without a lower validation loss, and in any
+        case end with the weights of the best epoch (needs ``val_data``).
+    :param checkpoint_dir: directory for ``checkpoint.pt``, written at the end of each epoch.
+    :param resume: continue from the checkpoint in ``checkpoint_dir``, exactly as if never
+        interrupted; the model, data and settings (except ``epochs``, ``patience``,
+        ``max_bad_steps``, ``progress``, ``callback``) must be those of the original run.
+    :param overwrite: start afresh even though ``checkpoint_dir`` holds a checkpoint.
+    :param seed: seeds the generator of the data order, and nothing else.
+    :param max_bad_steps: consecutive non-finite steps after which training stops.
+    :param snapshot_every: optimizer steps between in-memory snapshots to roll back to (one is
+        also taken at the end of each epoch).
+    :param progress: show a tqdm bar with the loss and bits/dim (rank 0 only).
+    :param callback: ``callback(epoch, history)`` after each epoch and its checkpoint; return
+        ``True`` to stop.
+    :raises RuntimeError: after ``max_bad_steps`` consecutive non-finite steps.
+
+    Under ``torch.distributed`` (e.g. ``torchrun``) every rank calls ``fit`` with the same
+    data and ``checkpoint_dir`` (a shared one); rank 0's initial weights are broadcast, only
+    rank 0 writes the checkpoint, and a last batch with fewer examples than ranks is dropped.
+
+    >>> import torch, pyro.distributions as dist, pyro_flows
+    >>> class Density(torch.nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.flow = pyro_flows.build("realnvp", event_shape=(2,))
+    ...     def log_prob(self, x):
+    ...         base = dist.Normal(torch.zeros(2), 1.0).to_event(1)
+    ...         return dist.TransformedDistribution(base, [self.flow]).log_prob(x)
+    >>> history = fit(Density(), torch.randn(256, 2) * 3, epochs=2, warmup_steps=2,
+    ...               progress=False)
+    >>> len(history.train_loss)
+    2
+    """
+    for name, value, least in [("epochs", epochs, 1), ("batch_size", batch_size, 1),
+                               ("max_bad_steps", max_bad_steps, 1),
+                               ("snapshot_every", snapshot_every, 1)]:
+        if not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+    if not lr > 0 or (clip_grad_norm is not None and not clip_grad_norm > 0):
+        raise ValueError(f"lr and clip_grad_norm must be positive, got {lr}, {clip_grad_norm}")
+    if patience is not None and (val_data is None or patience < 1):
+        raise ValueError("patience needs val_data and must be >= 1")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs the checkpoint_dir to resume from")
+    rank, world = _world()
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("model has no trainable parameters")
+    like = params[0]
+    train = _Data(data, "data")
+    val = None if val_data is None else _Data(val_data, "val_data")
+    if val is not None and val.event_shape != train.event_shape:
+        raise ValueError(f"val_data examples have shape {val.event_shape}, data examples "
+                         f"{train.event_shape}")
+    if batch_size < world or train.size < world:
+        raise ValueError(f"batch_size ({batch_size}) and the number of examples ({train.size}) "
+                         f"must be at least the number of processes ({world})")
+
+    optimizer = torch.optim.Adam(params, lr=lr)
+    scheduler = linear_warmup(optimizer, warmup_steps)
+    order = torch.Generator().manual_seed(seed)
+    history, best, bad_streak, start = History(), None, 0, 0
+    run = {"model": {k: list(v.shape) for k, v in model.state_dict().items()
+                     if isinstance(v, torch.Tensor)},
+           "data": [train.size, *train.event_shape],
+           "val_data": [] if val is None else [val.size, *val.event_shape],
+           "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps,
+           "clip_grad_norm": clip_grad_norm, "seed": seed, "snapshot_every": snapshot_every}
+    path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME
+    model.train()
+    if resume:
+        ckpt = _load_checkpoint(path, run)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        order.set_state(ckpt["order"])
+        _set_rng_state(ckpt["rng"], rank, world, like.device)
+        history = History.from_dict(ckpt["history"])
+        best, bad_streak, start = ckpt["best"], ckpt["bad_streak"], ckpt["epoch"]
+    else:
+        if path is not None and path.exists() and not overwrite:
+            raise FileExistsError(f"{path} already holds a checkpoint; pass resume=True to "
+                                  "continue that run or overwrite=True to replace it")
+        if world > 1:
+            _broadcast_state(model)
+        # Data-dependent initializations (ActNorm) happen in this first forward, on the first
+        # global batch with every rank taking part, before DDP starts syncing gradients.
+        peek = torch.Generator().set_state(order.get_state())
+        first = torch.randperm(train.size, generator=peek)[:batch_size].tensor_split(world)[rank]
+        with torch.no_grad():
+            x = train.batch(first, like)
+            _checked(model.log_prob(x), x)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    log_prob = model.log_prob if world == 1 else DistributedDataParallel(
+        _LogProb(model), device_ids=[like.device] if like.device.type == "cuda" else None,
+        static_graph=True)  # static: finds unused parameters once, then costs nothing
+    has_bpd = callable(getattr(model, "bits_per_dim", None))
+    snapshot = _capture(model, optimizer, scheduler)
+    per_epoch = train.size // batch_size + (train.size % batch_size >= world)
+    bar = tqdm(total=epochs * per_epoch, initial=min(start, epochs) * per_epoch, unit="step",
+               disable=not progress or rank != 0, dynamic_ncols=True)
+    shown: dict[str, str] = {}
+    next_display = 0.0
+
+    for epoch in range(start, epochs):
+        if history.stopped_early:
+            break
+        began = time.perf_counter()
+        bar.set_description(f"epoch {epoch + 1}/{epochs}")
+        total, count, skipped = 0.0, 0, 0
+        batches = torch.randperm(train.size, generator=order).split(batch_size)
+        for idx in (b for b in batches if len(b) >= world):
+            x = train.batch(idx.tensor_split(world)[rank], like)
+            nll = -_checked(log_prob(x), x).sum()
+            optimizer.zero_grad(set_to_none=True)
+            # DDP averages gradients over ranks; scaled so, they are those of the global mean.
+            (nll * (world / len(idx))).backward()
+            nll = nll.detach().clone()
+            if world > 1:
+                dist.all_reduce(nll)
+            norm = nn.utils.clip_grad_norm_(params, clip_grad_norm or math.inf)
+            # Gradients are all-reduced, so every rank takes the same branch.
+            if math.isfinite(nll.item()) and math.isfinite(norm.item()):
+                optimizer.step()
+                scheduler.step()
+                bad_streak = 0
+                total, count = total + nll.item(), count + len(idx)
+                if scheduler.last_epoch % snapshot_every == 0:
+                    snapshot = _capture(model, optimizer, scheduler)
+            else:
+                skipped, bad_streak = skipped + 1, bad_streak + 1
+                _restore(snapshot, model, optimizer, scheduler)
+                if bad_streak >= max_bad_steps:
+                    bar.close()
+                    raise RuntimeError(
+                        f"training stopped: {bad_streak} consecutive steps had a non-finite "
+                        f"loss or gradient (epoch {epoch}, after {scheduler.last_epoch} good "
+                        "steps); each was skipped and the model rolled back to its last good "
+                        f"state. Try a lower lr (now {lr:g}), a longer warm-up (warmup_steps="
+                        f"{warmup_steps}), a smaller clip_grad_norm, or check the data and "
+                        "the model's log_prob")
+            if not bar.disable:
+                if count:
+                    shown["loss"] = f"{total / count:.4g}"
+                if has_bpd and time.monotonic() >= next_display:
+                    # Measuring must not draw from the RNGs training uses (dequantization).
+                    cuda = [like.device.index or 0] if like.device.type == "cuda" else []
+                    with torch.no_grad(), torch.random.fork_rng(devices=cuda):
+                        shown["bpd"] = f"{_mean_bits_per_dim(model, x).item():.4g}"
+                    next_display = time.monotonic() + _DISPLAY_SECONDS
+                bar.set_postfix(shown, refresh=False)
+            bar.update()
+
+        history.train_loss.append(total / count if count else math.nan)
+        if val is not None:
+            val_loss, val_bpd = _evaluate(model, val, batch_size, rank, world, like)
+            history.val_loss.append(val_loss)
+            shown["val"] = f"{val_loss:.4g}"
+            if val_bpd is not None:
+                history.val_bits_per_dim.append(val_bpd)
+        history.lr.append(optimizer.param_groups[0]["lr"])
+        history.steps.append(scheduler.last_epoch)
+        history.skipped_steps.append(skipped)
+        history.seconds.append(time.perf_counter() - began)
+        if patience is not None:
+            best_epoch = history.best_epoch
+            if best_epoch == epoch:
+                best = copy.deepcopy(model.state_dict())
+            history.stopped_early = epoch - (-1 if best_epoch is None else best_epoch) >= patience
+        snapshot = _capture(model, optimizer, scheduler)
+        if path is not None:
+            rngs = [_rng_state(like.device)]
+            if world > 1:
+                rngs = [None] * world
+                dist.all_gather_object(rngs, _rng_state(like.device))
+            if rank == 0:
+                _save_atomic({"format": _FORMAT, "run": run, "epoch": epoch + 1,
+                              "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                              "scheduler": scheduler.state_dict(), "order": order.get_state(),
+                              "rng": rngs, "history": history.to_dict(), "best": best,
+                              "bad_streak": bad_streak}, path)
+        stop = bool(callback is not None and callback(epoch, history))
+        if world > 1:
+            flag = torch.tensor(float(stop), device=like.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop = bool(flag.item())
+        if stop or history.stopped_early:
+            break
+    bar.close()
+    if best is not None:
+        model.load_state_dict(best)
+    return history

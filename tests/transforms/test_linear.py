@@ -1,0 +1,120 @@
+"""Behaviour of the invertible linear layers: the LU parameterization is the plain matrix it
+stands for, the 1x1 convolution applies it at every pixel, and the no-grad weight cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pyro_flows.transforms import InvertibleConv1x1, InvertibleLinear
+
+F64 = torch.float64
+LAYERS = [(InvertibleLinear, (5,)), (InvertibleConv1x1, (5, 3, 2))]
+IDS = ["linear", "conv1x1"]
+
+
+def perturb(module: torch.nn.Module, scale: float = 0.3, seed: int = 0) -> torch.nn.Module:
+    """Move the parameters away from the initial rotation (whose log-det is 0)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return module
+
+
+def apply_matrix(w: torch.Tensor, x: torch.Tensor, rank: int) -> torch.Tensor:
+    """``W`` applied to the features of a vector, or to the channels at every pixel."""
+    return torch.einsum("ij,...j->...i", w, x) if rank == 1 else torch.einsum("ij,...jhw->...ihw", w, x)
+
+
+@pytest.mark.parametrize("cls,shape", LAYERS, ids=IDS)
+def test_lu_and_plain_parameterizations_agree(cls, shape):
+    lu = perturb(cls(shape, lu=True).double())
+    w, logdet = lu._build(False)
+    plain = cls(shape, lu=False).double()
+    with torch.no_grad():
+        plain.weight.copy_(w)
+    x = torch.randn(4, *shape, dtype=F64)
+    y_lu, y_plain = lu(x), plain(x)
+    assert torch.allclose(y_lu, y_plain, atol=1e-12, rtol=0)
+    assert torch.allclose(y_lu, apply_matrix(w, x, len(shape)), atol=1e-12, rtol=0)
+    assert torch.allclose(lu.log_abs_det_jacobian(x, y_lu), plain.log_abs_det_jacobian(x, y_plain),
+                          atol=1e-12, rtol=0)
+    assert abs(logdet.item()) > 0.1  # the perturbation changed the volume: a real comparison
+    y = torch.randn(4, *shape, dtype=F64)
+    assert torch.allclose(lu.inv(y), plain.inv(y.clone()), atol=1e-10, rtol=0)
+
+
+def test_conv1x1_log_det_is_pixels_times_the_matrix_log_det():
+    shape = (4, 3, 5)
+    x = torch.randn(2, *shape, dtype=F64)
+    lu = perturb(InvertibleConv1x1(shape, lu=True).double())
+    y = lu(x)
+    expected = (15 * lu.log_diag.sum()).expand(2)
+    assert torch.allclose(lu.log_abs_det_jacobian(x, y), expected, atol=1e-12, rtol=0)
+    plain = perturb(InvertibleConv1x1(shape, lu=False).double())
+    y = plain(x)
+    expected = (15 * torch.linalg.slogdet(plain.weight)[1]).expand(2)
+    assert torch.allclose(plain.log_abs_det_jacobian(x, y), expected, atol=1e-12, rtol=0)
+    assert torch.allclose(y, apply_matrix(plain.weight, x, 3), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("lu", [True, False])
+@pytest.mark.parametrize("cls,shape", LAYERS, ids=IDS)
+def test_inverse_weight_times_weight_is_the_identity(cls, shape, lu):
+    t = perturb(cls(shape, lu=lu).double())
+    w, _ = t._build(False)
+    w_inv, _ = t._build(True)
+    eye = torch.eye(shape[0], dtype=F64)
+    assert torch.allclose(w_inv @ w, eye, atol=1e-12, rtol=0)
+    assert torch.allclose(w @ w_inv, eye, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("lu", [True, False])
+@pytest.mark.parametrize("cls,shape", LAYERS, ids=IDS)
+def test_no_grad_weight_is_reused_until_a_parameter_changes(cls, shape, lu):
+    t = perturb(cls(shape, lu=lu).double())
+    x = torch.randn(3, *shape, dtype=F64)
+    with torch.no_grad():
+        y1 = t(x)
+        cached = t._no_grad_cache
+        assert cached is not None
+        t(x.clone())
+        assert t._no_grad_cache is cached
+        for p in t.parameters():
+            p.add_(0.1)
+        y2 = t(x.clone())
+        assert t._no_grad_cache is not cached
+    assert not torch.allclose(y1, y2)
+    assert torch.allclose(y2, apply_matrix(t._build(False)[0], x, len(shape)), atol=1e-12, rtol=0)
+
+
+def test_grad_mode_builds_the_weight_with_a_graph():
+    t = perturb(InvertibleLinear(4).double())
+    with torch.no_grad():
+        t(torch.randn(2, 4, dtype=F64))
+    cached = t._no_grad_cache
+    y = t(torch.randn(2, 4, dtype=F64))
+    assert y.requires_grad and t._no_grad_cache is cached
+    y.sum().backward()
+    assert all(p.grad is not None for p in t.parameters())
+
+
+def test_no_grad_cache_keeps_forward_and_inverse_apart():
+    t = perturb(InvertibleLinear(4).double())
+    x = torch.randn(3, 4, dtype=F64)
+    with torch.no_grad():
+        y = t(x)
+        x_back = t.inv(y.clone())
+        y_again = t(x.clone())
+    assert torch.allclose(x_back, x, atol=1e-12, rtol=0)
+    assert torch.allclose(y_again, y, atol=1e-12, rtol=0)
+
+
+def test_no_grad_cache_sees_a_checkpoint_loaded_with_assign():
+    t = InvertibleLinear(3, lu=False).double()
+    x = torch.randn(2, 3, dtype=F64)
+    with torch.no_grad():
+        t(x)
+        t.load_state_dict({"weight": 2 * torch.eye(3, dtype=F64)}, assign=True)
+        assert torch.allclose(t(x.clone()), 2 * x)
