@@ -1,9 +1,29 @@
 """pyro-flows: NICE, RealNVP and Glow normalizing flows as Pyro transforms."""
 
-from . import transforms
+import importlib
+
+from . import data, infer, transforms
 from .model import FlowModel
 from .registry import available, build, register
+from .train import fit
 
 __version__ = "0.1.0"
 
-__all__ = ["FlowModel", "available", "build", "register", "transforms"]
+
+def __getattr__(name: str):
+    # ArviZ is slow to import; load the diagnostics only when they are used.
+    if name == "diagnostics":
+        return importlib.import_module(".diagnostics", __name__)
+    raise AttributeError(f"module 'pyro_flows' has no attribute {name!r}")
+
+__all__ = [
+    "FlowModel",
+    "available",
+    "build",
+    "data",
+    "diagnostics",
+    "fit",
+    "infer",
+    "register",
+    "transforms",
+]

@@ -1,18 +1,9 @@
-"""Maximum-likelihood training of a flow: :func:`fit`.
+"""Maximum-likelihood training of a flow: :func:`fit`, Adam with what flows need on top.
 
-Any ``nn.Module`` with ``log_prob(x) -> Tensor[batch]`` trains, e.g. a module around Pyro's
-``TransformedDistribution``; the loss is the mean negative log-likelihood in nats per example.
-What :func:`fit` adds to a plain Adam loop, and why:
-
-* linear learning-rate warm-up, because Glow at full rate can reach NaN in its first steps
-  (Kingma & Dhariwal, "Glow: Generative Flow with Invertible 1x1 Convolutions", NeurIPS 2018);
-* gradient-norm clipping, and a guard that skips a step whose loss or gradient is not finite,
-  rolls back to an in-memory snapshot and, after too many failures in a row, stops with advice;
-* validation, early stopping that restores the best weights, and a :class:`History`;
-* a checkpoint written atomically each epoch from which ``resume=True`` continues exactly as an
-  uninterrupted run would: the data order comes from its own generator, and every RNG is saved;
-* ``torch.distributed``: under ``torchrun`` the model is wrapped in DistributedDataParallel and
-  each rank takes a slice of the same global batch, so the run matches a single process.
+Linear learning-rate warm-up (Glow at full rate can reach NaN in its first steps: Kingma &
+Dhariwal, "Glow: Generative Flow with Invertible 1x1 Convolutions", NeurIPS 2018), gradient
+clipping, a guard that skips non-finite steps and rolls back, validation with early stopping,
+atomic checkpoints with exact resumption, and DistributedDataParallel under ``torchrun``.
 """
 
 from __future__ import annotations
@@ -119,9 +110,9 @@ class _Data:
         if self.size == 0:
             raise ValueError(f"{name} is empty: there is nothing to train or validate on")
         first = self.tensor[:1] if self.tensor is not None else self._item(0)[None]
-        if not first.is_floating_point():
-            raise TypeError(f"{name} must hold floating-point values, got {first.dtype}; "
-                            "convert it with .float()")
+        if first.is_complex() or first.dtype == torch.bool:
+            raise TypeError(f"{name} must hold real numbers (floating point, or integers such "
+                            f"as pixel values), got {first.dtype}")
         self.event_shape = tuple(first.shape[1:])
         if self.tensor is not None:
             self._check_finite(self.tensor, torch.arange(self.size))
@@ -131,6 +122,8 @@ class _Data:
         return torch.as_tensor(item[0] if isinstance(item, (tuple, list)) else item)
 
     def _check_finite(self, x: torch.Tensor, idx: torch.Tensor) -> None:
+        if not x.is_floating_point():
+            return
         bad = ~torch.isfinite(x.reshape(len(x), -1)).all(1)
         if bad.any():
             where = idx[bad.cpu()][:5].tolist()
@@ -187,16 +180,6 @@ def _broadcast_state(model: nn.Module) -> None:
             state[key] = value.clone()
             dist.broadcast(state[key], src=0)
     model.load_state_dict(state)
-
-
-def _capture(*parts: Any) -> list[dict]:
-    return [copy.deepcopy(p.state_dict()) for p in parts]
-
-
-def _restore(states: list[dict], *parts: Any) -> None:
-    # A deep copy again: Adam adopts loaded tensors as its state and would update the snapshot.
-    for state, part in zip(states, parts):
-        part.load_state_dict(copy.deepcopy(state))
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
@@ -264,6 +247,48 @@ def _load_checkpoint(path: Path, run: dict) -> dict:
     return ckpt
 
 
+class _Run:
+    """The state of one training run: what the checkpoint holds and what the guard rolls back
+    (model, optimizer and schedule, from an in-memory snapshot)."""
+
+    def __init__(self, model: nn.Module, params: list[nn.Parameter], lr: float,
+                 warmup_steps: int, seed: int) -> None:
+        self.model = model
+        self.optimizer = torch.optim.Adam(params, lr=lr)
+        self.scheduler = linear_warmup(self.optimizer, warmup_steps)
+        self.order = torch.Generator().manual_seed(seed)  # the data order, and nothing else
+        self.history = History()
+        self.best: dict[str, torch.Tensor] | None = None
+        self.bad_streak = 0
+        self.epoch = 0
+
+    def take_snapshot(self) -> None:
+        self._snapshot = [copy.deepcopy(part.state_dict())
+                          for part in (self.model, self.optimizer, self.scheduler)]
+
+    def roll_back(self) -> None:
+        # Copied again: Adam adopts loaded tensors as its state and would update the snapshot.
+        for state, part in zip(self._snapshot, (self.model, self.optimizer, self.scheduler)):
+            part.load_state_dict(copy.deepcopy(state))
+
+    def state_dict(self, run: dict, rngs: list[dict]) -> dict[str, Any]:
+        return {"format": _FORMAT, "run": run, "epoch": self.epoch,
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "order": self.order.get_state(),
+                "rng": rngs, "history": self.history.to_dict(), "best": self.best,
+                "bad_streak": self.bad_streak}
+
+    def load_state_dict(self, ckpt: dict[str, Any], rank: int, world: int,
+                        device: torch.device) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.order.set_state(ckpt["order"])
+        _set_rng_state(ckpt["rng"], rank, world, device)
+        self.history = History.from_dict(ckpt["history"])
+        self.best, self.bad_streak, self.epoch = ckpt["best"], ckpt["bad_streak"], ckpt["epoch"]
+
+
 @torch.no_grad()
 def _evaluate(model: nn.Module, val: _Data, batch_size: int, rank: int, world: int,
               like: torch.Tensor) -> tuple[float, float | None]:
@@ -275,14 +300,15 @@ def _evaluate(model: nn.Module, val: _Data, batch_size: int, rank: int, world: i
     for idx in torch.arange(val.size).tensor_split(world)[rank].split(batch_size):
         if len(idx):
             x = val.batch(idx, like)
-            nll -= _checked(model.log_prob(x), x).double().sum().item()
+            nll -= _checked(model.log_prob(x), x).sum().item()
             if has_bpd:
                 bpd += _mean_bits_per_dim(model, x).item() * len(idx)
     model.train(was_training)
-    sums = torch.tensor([nll, bpd], dtype=torch.float64, device=like.device)
     if world > 1:
+        sums = torch.tensor([nll, bpd], dtype=like.dtype, device=like.device)
         dist.all_reduce(sums)
-    return sums[0].item() / val.size, (sums[1].item() / val.size if has_bpd else None)
+        nll, bpd = sums.tolist()
+    return nll / val.size, (bpd / val.size if has_bpd else None)
 
 
 def fit(
@@ -310,7 +336,8 @@ def fit(
     :param model: any ``nn.Module`` with ``log_prob(x) -> Tensor[batch]``; if it also has
         ``bits_per_dim(x)``, validation and the progress bar report it. Trained in place.
     :param data: a Tensor ``(N, ...)`` or a map-style Dataset (items: tensors, or tuples whose
-        first entry is the example). Batches move to the model's device and dtype.
+        first entry is the example), of real or integer values. Batches move to the model's
+        device and dtype.
     :param epochs: total number of epochs, counting those a resumed checkpoint already did.
     :param batch_size: the global batch size (split across ranks under ``torch.distributed``).
     :param lr: Adam's learning rate after warm-up.
@@ -329,9 +356,12 @@ def fit(
     :param snapshot_every: optimizer steps between in-memory snapshots to roll back to (one is
         also taken at the end of each epoch).
     :param progress: show a tqdm bar with the loss and bits/dim (rank 0 only).
-    :param callback: ``callback(epoch, history)`` after each epoch and its checkpoint; return
-        ``True`` to stop.
-    :raises RuntimeError: after ``max_bad_steps`` consecutive non-finite steps.
+    :param callback: ``callback(epoch, history)`` after each epoch (counted from 0) and its
+        checkpoint; return ``True`` to stop.
+    :raises RuntimeError: after ``max_bad_steps`` consecutive non-finite steps, or when the
+        checkpoint to resume from cannot be read.
+    :raises FileExistsError: ``checkpoint_dir`` holds a checkpoint and neither ``resume`` nor
+        ``overwrite`` is set.
 
     Under ``torch.distributed`` (e.g. ``torchrun``) every rank calls ``fit`` with the same
     data and ``checkpoint_dir`` (a shared one); rank 0's initial weights are broadcast, only
@@ -350,11 +380,10 @@ def fit(
     >>> len(history.train_loss)
     2
     """
-    for name, value, least in [("epochs", epochs, 1), ("batch_size", batch_size, 1),
-                               ("max_bad_steps", max_bad_steps, 1),
-                               ("snapshot_every", snapshot_every, 1)]:
-        if not isinstance(value, int) or value < least:
-            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+    for name, value in [("epochs", epochs), ("batch_size", batch_size),
+                        ("max_bad_steps", max_bad_steps), ("snapshot_every", snapshot_every)]:
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     if not lr > 0 or (clip_grad_norm is not None and not clip_grad_norm > 0):
         raise ValueError(f"lr and clip_grad_norm must be positive, got {lr}, {clip_grad_norm}")
     if patience is not None and (val_data is None or patience < 1):
@@ -374,11 +403,6 @@ def fit(
     if batch_size < world or train.size < world:
         raise ValueError(f"batch_size ({batch_size}) and the number of examples ({train.size}) "
                          f"must be at least the number of processes ({world})")
-
-    optimizer = torch.optim.Adam(params, lr=lr)
-    scheduler = linear_warmup(optimizer, warmup_steps)
-    order = torch.Generator().manual_seed(seed)
-    history, best, bad_streak, start = History(), None, 0, 0
     run = {"model": {k: list(v.shape) for k, v in model.state_dict().items()
                      if isinstance(v, torch.Tensor)},
            "data": [train.size, *train.event_shape],
@@ -386,16 +410,11 @@ def fit(
            "batch_size": batch_size, "lr": lr, "warmup_steps": warmup_steps,
            "clip_grad_norm": clip_grad_norm, "seed": seed, "snapshot_every": snapshot_every}
     path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME
+
+    state = _Run(model, params, lr, warmup_steps, seed)
     model.train()
     if resume:
-        ckpt = _load_checkpoint(path, run)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        order.set_state(ckpt["order"])
-        _set_rng_state(ckpt["rng"], rank, world, like.device)
-        history = History.from_dict(ckpt["history"])
-        best, bad_streak, start = ckpt["best"], ckpt["bad_streak"], ckpt["epoch"]
+        state.load_state_dict(_load_checkpoint(path, run), rank, world, like.device)
     else:
         if path is not None and path.exists() and not overwrite:
             raise FileExistsError(f"{path} already holds a checkpoint; pass resume=True to "
@@ -404,109 +423,104 @@ def fit(
             _broadcast_state(model)
         # Data-dependent initializations (ActNorm) happen in this first forward, on the first
         # global batch with every rank taking part, before DDP starts syncing gradients.
-        peek = torch.Generator().set_state(order.get_state())
+        peek = torch.Generator().set_state(state.order.get_state())
         first = torch.randperm(train.size, generator=peek)[:batch_size].tensor_split(world)[rank]
         with torch.no_grad():
             x = train.batch(first, like)
             _checked(model.log_prob(x), x)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
+    state.take_snapshot()
     log_prob = model.log_prob if world == 1 else DistributedDataParallel(
         _LogProb(model), device_ids=[like.device] if like.device.type == "cuda" else None,
-        static_graph=True)  # static: finds unused parameters once, then costs nothing
+        static_graph=True)  # static: finds the unused parameters once, then costs nothing
     has_bpd = callable(getattr(model, "bits_per_dim", None))
-    snapshot = _capture(model, optimizer, scheduler)
     per_epoch = train.size // batch_size + (train.size % batch_size >= world)
-    bar = tqdm(total=epochs * per_epoch, initial=min(start, epochs) * per_epoch, unit="step",
-               disable=not progress or rank != 0, dynamic_ncols=True)
     shown: dict[str, str] = {}
     next_display = 0.0
 
-    for epoch in range(start, epochs):
-        if history.stopped_early:
-            break
-        began = time.perf_counter()
-        bar.set_description(f"epoch {epoch + 1}/{epochs}")
-        total, count, skipped = 0.0, 0, 0
-        batches = torch.randperm(train.size, generator=order).split(batch_size)
-        for idx in (b for b in batches if len(b) >= world):
-            x = train.batch(idx.tensor_split(world)[rank], like)
-            nll = -_checked(log_prob(x), x).sum()
-            optimizer.zero_grad(set_to_none=True)
-            # DDP averages gradients over ranks; scaled so, they are those of the global mean.
-            (nll * (world / len(idx))).backward()
-            nll = nll.detach().clone()
-            if world > 1:
-                dist.all_reduce(nll)
-            norm = nn.utils.clip_grad_norm_(params, clip_grad_norm or math.inf)
-            # Gradients are all-reduced, so every rank takes the same branch.
-            if math.isfinite(nll.item()) and math.isfinite(norm.item()):
-                optimizer.step()
-                scheduler.step()
-                bad_streak = 0
-                total, count = total + nll.item(), count + len(idx)
-                if scheduler.last_epoch % snapshot_every == 0:
-                    snapshot = _capture(model, optimizer, scheduler)
-            else:
-                skipped, bad_streak = skipped + 1, bad_streak + 1
-                _restore(snapshot, model, optimizer, scheduler)
-                if bad_streak >= max_bad_steps:
-                    bar.close()
-                    raise RuntimeError(
-                        f"training stopped: {bad_streak} consecutive steps had a non-finite "
-                        f"loss or gradient (epoch {epoch}, after {scheduler.last_epoch} good "
-                        "steps); each was skipped and the model rolled back to its last good "
-                        f"state. Try a lower lr (now {lr:g}), a longer warm-up (warmup_steps="
-                        f"{warmup_steps}), a smaller clip_grad_norm, or check the data and "
-                        "the model's log_prob")
-            if not bar.disable:
-                if count:
-                    shown["loss"] = f"{total / count:.4g}"
-                if has_bpd and time.monotonic() >= next_display:
-                    # Measuring must not draw from the RNGs training uses (dequantization).
-                    cuda = [like.device.index or 0] if like.device.type == "cuda" else []
-                    with torch.no_grad(), torch.random.fork_rng(devices=cuda):
-                        shown["bpd"] = f"{_mean_bits_per_dim(model, x).item():.4g}"
-                    next_display = time.monotonic() + _DISPLAY_SECONDS
-                bar.set_postfix(shown, refresh=False)
-            bar.update()
+    with tqdm(total=epochs * per_epoch, initial=min(state.epoch, epochs) * per_epoch,
+              unit="step", disable=not progress or rank != 0, dynamic_ncols=True) as bar:
+        while state.epoch < epochs and not state.history.stopped_early:
+            began = time.perf_counter()
+            bar.set_description(f"epoch {state.epoch + 1}/{epochs}")
+            total, count, skipped = 0.0, 0, 0
+            batches = torch.randperm(train.size, generator=state.order).split(batch_size)
+            for idx in (b for b in batches if len(b) >= world):
+                x = train.batch(idx.tensor_split(world)[rank], like)
+                nll = -_checked(log_prob(x), x).sum()
+                state.optimizer.zero_grad(set_to_none=True)
+                # DDP averages gradients over ranks; so scaled, they are the global mean's.
+                (nll * (world / len(idx))).backward()
+                nll = nll.detach().clone()
+                if world > 1:
+                    dist.all_reduce(nll)
+                norm = nn.utils.clip_grad_norm_(params, clip_grad_norm or math.inf)
+                # Loss and gradients are all-reduced: every rank takes the same branch.
+                if math.isfinite(nll.item()) and math.isfinite(norm.item()):
+                    state.optimizer.step()
+                    state.scheduler.step()
+                    state.bad_streak = 0
+                    total, count = total + nll.item(), count + len(idx)
+                    if state.scheduler.last_epoch % snapshot_every == 0:
+                        state.take_snapshot()
+                else:
+                    skipped, state.bad_streak = skipped + 1, state.bad_streak + 1
+                    state.roll_back()
+                    if state.bad_streak >= max_bad_steps:
+                        raise RuntimeError(
+                            f"training stopped: {state.bad_streak} consecutive steps had a "
+                            f"non-finite loss or gradient (in epoch {state.epoch}); each was "
+                            "skipped and the model rolled back to its last good state. Try a "
+                            f"lower lr (now {lr:g}), a longer warm-up (warmup_steps="
+                            f"{warmup_steps}), a smaller clip_grad_norm, or check the data and "
+                            "the model's log_prob")
+                if not bar.disable:
+                    if count:
+                        shown["loss"] = f"{total / count:.4g}"
+                    if has_bpd and time.monotonic() >= next_display:
+                        # The display must not draw from the RNGs training uses.
+                        cuda = [like.device.index or 0] if like.device.type == "cuda" else []
+                        with torch.no_grad(), torch.random.fork_rng(devices=cuda):
+                            shown["bpd"] = f"{_mean_bits_per_dim(model, x).item():.4g}"
+                        next_display = time.monotonic() + _DISPLAY_SECONDS
+                    bar.set_postfix(shown, refresh=False)
+                bar.update()
 
-        history.train_loss.append(total / count if count else math.nan)
-        if val is not None:
-            val_loss, val_bpd = _evaluate(model, val, batch_size, rank, world, like)
-            history.val_loss.append(val_loss)
-            shown["val"] = f"{val_loss:.4g}"
-            if val_bpd is not None:
-                history.val_bits_per_dim.append(val_bpd)
-        history.lr.append(optimizer.param_groups[0]["lr"])
-        history.steps.append(scheduler.last_epoch)
-        history.skipped_steps.append(skipped)
-        history.seconds.append(time.perf_counter() - began)
-        if patience is not None:
-            best_epoch = history.best_epoch
-            if best_epoch == epoch:
-                best = copy.deepcopy(model.state_dict())
-            history.stopped_early = epoch - (-1 if best_epoch is None else best_epoch) >= patience
-        snapshot = _capture(model, optimizer, scheduler)
-        if path is not None:
-            rngs = [_rng_state(like.device)]
+            history = state.history
+            history.train_loss.append(total / count if count else math.nan)
+            if val is not None:
+                val_loss, val_bpd = _evaluate(model, val, batch_size, rank, world, like)
+                history.val_loss.append(val_loss)
+                shown["val"] = f"{val_loss:.4g}"
+                if val_bpd is not None:
+                    history.val_bits_per_dim.append(val_bpd)
+            history.lr.append(state.optimizer.param_groups[0]["lr"])
+            history.steps.append(state.scheduler.last_epoch)
+            history.skipped_steps.append(skipped)
+            history.seconds.append(time.perf_counter() - began)
+            if patience is not None:
+                best_epoch = history.best_epoch
+                if best_epoch == state.epoch:
+                    state.best = copy.deepcopy(model.state_dict())
+                since = state.epoch - (-1 if best_epoch is None else best_epoch)
+                history.stopped_early = since >= patience
+            state.epoch += 1
+            state.take_snapshot()
+            if path is not None:
+                rngs = [_rng_state(like.device)]
+                if world > 1:
+                    rngs = [None] * world
+                    dist.all_gather_object(rngs, _rng_state(like.device))
+                if rank == 0:
+                    _save_atomic(state.state_dict(run, rngs), path)
+            stop = bool(callback is not None and callback(state.epoch - 1, history))
             if world > 1:
-                rngs = [None] * world
-                dist.all_gather_object(rngs, _rng_state(like.device))
-            if rank == 0:
-                _save_atomic({"format": _FORMAT, "run": run, "epoch": epoch + 1,
-                              "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                              "scheduler": scheduler.state_dict(), "order": order.get_state(),
-                              "rng": rngs, "history": history.to_dict(), "best": best,
-                              "bad_streak": bad_streak}, path)
-        stop = bool(callback is not None and callback(epoch, history))
-        if world > 1:
-            flag = torch.tensor(float(stop), device=like.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            stop = bool(flag.item())
-        if stop or history.stopped_early:
-            break
-    bar.close()
-    if best is not None:
-        model.load_state_dict(best)
-    return history
+                flag = torch.tensor(float(stop), device=like.device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                stop = bool(flag.item())
+            if stop:
+                break
+    if state.best is not None:
+        model.load_state_dict(state.best)
+    return state.history

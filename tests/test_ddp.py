@@ -1,6 +1,6 @@
 """fit under torch.distributed: two CPU processes (gloo) launched by torch.distributed.run must
-end with identical weights on both ranks and match one process trained on the same global
-batches."""
+end with identical weights on both ranks, match one process trained on the same global batches
+and (slow) resume from a checkpoint exactly."""
 
 from __future__ import annotations
 
@@ -27,8 +27,9 @@ SCRIPT = textwrap.dedent('''
 
 
     class Density(torch.nn.Module):
-        def __init__(self, seed):
+        def __init__(self, seed, noise=0.0):
             super().__init__()
+            self.noise = noise  # dequantization-like noise: each rank draws its own
             torch.manual_seed(seed)
             # ActNorm layers initialize from data; the extra parameter is never used, which
             # DDP must tolerate.
@@ -40,6 +41,7 @@ SCRIPT = textwrap.dedent('''
             self.double()
 
         def log_prob(self, x):
+            x = x + self.noise * torch.rand_like(x)
             base = dist.Normal(x.new_zeros(4), 1.0).to_event(1)
             return dist.TransformedDistribution(base, [self.flow]).log_prob(x)
 
@@ -50,21 +52,24 @@ SCRIPT = textwrap.dedent('''
         return x[:168].double(), x[168:].double()
 
 
-    def train(model, checkpoint_dir=None):
+    def train(model, epochs=2, checkpoint_dir=None, resume=False):
         x, val = data()
         # 168 examples in global batches of 32: 5 full batches and one of 8 per epoch.
-        return fit(model, x, epochs=2, batch_size=32, lr=5e-3, warmup_steps=3, val_data=val,
-                   seed=4, checkpoint_dir=checkpoint_dir, progress=False)
+        return fit(model, x, epochs=epochs, batch_size=32, lr=5e-3, warmup_steps=3,
+                   val_data=val, seed=4, checkpoint_dir=checkpoint_dir, resume=resume,
+                   progress=False)
 
 
     if __name__ == "__main__":
+        out, epochs, mode, noise = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
         torch.distributed.init_process_group("gloo")
         rank = torch.distributed.get_rank()
         # Rank 1 starts from other weights: fit must give it rank 0's.
-        model = Density(seed=100 + rank)
-        history = train(model, checkpoint_dir=sys.argv[1])
+        model = Density(seed=100 + rank, noise=noise)
+        torch.manual_seed(rank)
+        history = train(model, epochs, checkpoint_dir=out, resume=mode == "resume")
         torch.save({"state": model.state_dict(), "history": history.to_dict()},
-                   f"{sys.argv[1]}/rank{rank}.pt")
+                   f"{out}/rank{rank}.pt")
         torch.distributed.destroy_process_group()
 ''')
 
@@ -75,15 +80,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_ranks_match_one_process(tmp_path):
-    script = tmp_path / "ddp_fit.py"
+def launch(out, epochs: int, resume: bool = False, noise: float = 0.0) -> list[dict]:
+    """Train on two CPU ranks; return what each rank saved (final weights, history)."""
+    script = out.parent / "ddp_fit.py"
     script.write_text(SCRIPT)
+    out.mkdir(exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-           "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(script), str(tmp_path)]
+           "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(script), str(out),
+           str(epochs), "resume" if resume else "fresh", str(noise)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
+
+
+def test_two_ranks_match_one_process(tmp_path):
+    ranks = launch(tmp_path / "run", epochs=2)
 
     # (a) identical weights on both ranks, including ActNorm's data-dependent initialization.
     for key, value in ranks[0]["state"].items():
@@ -93,7 +105,7 @@ def test_two_ranks_match_one_process(tmp_path):
     assert ranks[0]["history"] == ranks[1]["history"]
 
     # (b) one process on the same global batches, from rank 0's initial weights.
-    job = runpy.run_path(str(script))
+    job = runpy.run_path(str(tmp_path / "ddp_fit.py"))
     single = job["Density"](seed=100)
     history = job["train"](single).to_dict()
     ddp = ranks[0]["history"]
@@ -106,7 +118,20 @@ def test_two_ranks_match_one_process(tmp_path):
         assert torch.allclose(value, ranks[0]["state"][key], rtol=0, atol=1e-7), key
 
     # Only rank 0 wrote a checkpoint, and it holds both ranks' random states.
-    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".pt") == [
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
         "checkpoint.pt", "rank0.pt", "rank1.pt"]
-    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert ckpt["epoch"] == 2 and len(ckpt["rng"]) == 2
+
+
+@pytest.mark.slow
+def test_two_ranks_resume_exactly(tmp_path):
+    # With noise, each rank draws from its own RNG: resuming must restore both ranks' states.
+    straight = launch(tmp_path / "straight", epochs=2, noise=1e-3)
+    launch(tmp_path / "resumed", epochs=1, noise=1e-3)
+    resumed = launch(tmp_path / "resumed", epochs=2, resume=True, noise=1e-3)
+    for a, b in zip(straight, resumed):
+        assert a["history"]["train_loss"] == b["history"]["train_loss"]
+        assert a["history"]["val_loss"] == b["history"]["val_loss"]
+        for key, value in a["state"].items():
+            assert torch.equal(value, b["state"][key]), key
