@@ -10,8 +10,6 @@ density plot::
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 
 import matplotlib
 
@@ -24,6 +22,7 @@ from tqdm import trange
 
 import pyro_flows
 from pyro_flows.data import two_moons
+from pyro_flows.plots import save_figure
 
 
 def fit_flow(name: str, train: torch.Tensor, steps: int, seed: int) -> dist.TransformedDistribution:
@@ -60,12 +59,7 @@ def plot(densities: dict[str, dist.TransformedDistribution], data: torch.Tensor,
         ax.set_ylim(-3, 3)
         ax.set_aspect("equal")
     fig.tight_layout()
-    # Write next to the target and rename, so a crash never leaves half a PNG.
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=os.path.dirname(os.path.abspath(path)))
-    os.close(fd)
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

@@ -18,7 +18,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import torch
 
 from . import data as datasets
 from . import plots
+from .checkpoint import atomic_write, save_json, save_torch
 from .model import FlowModel
 from .registry import available
 from .train import fit
@@ -58,20 +58,6 @@ def _build(config: dict) -> FlowModel:
                          f"{sorted(config['flow_kwargs'])}: {error}") from error
 
 
-def _write_json(obj: dict, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
-
-
-def _save_weights(model: FlowModel, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pt")
-    os.close(fd)
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)
-
-
 def load_run(run_dir: str | os.PathLike, device: str = "cpu") -> tuple[FlowModel, dict]:
     """The trained model of a run directory and its config."""
     run = Path(run_dir)
@@ -83,8 +69,9 @@ def load_run(run_dir: str | os.PathLike, device: str = "cpu") -> tuple[FlowModel
     try:
         config = json.loads(config_path.read_text())
         state = torch.load(weights_path, map_location=device, weights_only=True)
-    except (json.JSONDecodeError, RuntimeError, EOFError, OSError) as error:
-        raise ValueError(f"cannot read the run in {run}: {error}") from error
+    except Exception as error:  # torch.load raises many kinds on a corrupt file
+        raise ValueError(f"cannot read the run in {run} (corrupt or truncated?): "
+                         f"{type(error).__name__}: {error}") from error
     model = _build(config).to(device)
     try:
         model.load_state_dict(state)
@@ -136,13 +123,13 @@ def _fit(args: argparse.Namespace) -> dict:
                              f"{sorted(changed)}")
     torch.manual_seed(args.seed)
     model = _build(config).to(args.device)
-    _write_json(config, out / CONFIG)
+    save_json(config, out / CONFIG)
     start = time.time()
     history = fit(model, dataset.train, val_data=dataset.val, epochs=args.epochs,
                   batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
                   patience=args.patience, checkpoint_dir=out, resume=args.resume,
                   overwrite=args.overwrite, seed=args.seed, progress=not args.quiet)
-    _save_weights(model, out / WEIGHTS)
+    save_torch(model.state_dict(), out / WEIGHTS)
     model.eval()
     metrics = {**evaluate(model, dataset.test, seed=args.seed),
                "val_nll": history.val_loss[-1] if history.val_loss else None,
@@ -152,7 +139,7 @@ def _fit(args: argparse.Namespace) -> dict:
                "num_parameters": sum(p.numel() for p in model.parameters()),
                "flow": args.flow, "data": dataset.name, "event_shape": list(dataset.event_shape),
                "levels": dataset.levels, "history": history.to_dict()}
-    _write_json(metrics, out / METRICS)
+    save_json(metrics, out / METRICS)
     d = dataset.test[0].numel()
     per_dim = 1 / (d * math.log(2)) if dataset.levels else 1.0
     plots.loss_curve(history.to_dict(), out / "loss.png", scale=per_dim,
@@ -177,10 +164,7 @@ def _sample(args: argparse.Namespace) -> torch.Tensor:
     samples = model.sample(args.n, temperature=args.temperature).cpu()
     out = Path(args.out or Path(args.run_dir) / f"samples-T{args.temperature:g}.png")
     if out.suffix == ".npy":
-        fd, tmp = tempfile.mkstemp(dir=out.parent or ".", prefix=".tmp-", suffix=".npy")
-        os.close(fd)
-        np.save(tmp, samples.numpy())
-        os.replace(tmp, out)
+        atomic_write(out, lambda f: np.save(f, samples.numpy()))
     elif out.suffix == ".png":
         if samples.dim() == 4:
             plots.image_grid(samples, out, config["levels"],

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import torch
+
+from .checkpoint import atomic_write
 
 __all__ = ["density_plot", "image_grid", "loss_curve", "save_figure"]
 
@@ -23,18 +24,12 @@ def _pyplot():
 
 
 def save_figure(fig, path: str | os.PathLike) -> Path:
-    """Save ``fig`` to ``path`` atomically and close it."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(suffix=path.suffix, dir=path.parent, prefix=".tmp-")
-    os.close(fd)
+    """Save ``fig`` as a PNG to ``path`` atomically and close it."""
     try:
-        fig.savefig(tmp, dpi=100, bbox_inches="tight")
-        os.replace(tmp, path)
+        return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100,
+                                                        bbox_inches="tight"))
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         _pyplot().close(fig)
-    return path
 
 
 def loss_curve(history: dict, path: str | os.PathLike, unit: str = "nats per example",
@@ -69,7 +64,8 @@ def image_grid(images: torch.Tensor, path: str | os.PathLike, levels: int | None
         r, q = divmod(i, cols)
         grid[:, 1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + q * (w + 1): 1 + q * (w + 1) + w] = x[i]
     fig, ax = plt.subplots(figsize=(0.25 * cols * (w + 1) / 8 + 2, 0.25 * rows * (h + 1) / 8 + 2))
-    ax.imshow(grid[0] if c == 1 else grid[:3].permute(1, 2, 0), cmap="gray" if c == 1 else None,
+    ax.imshow((grid[0] if c == 1 else grid[:3].permute(1, 2, 0)).numpy(),
+              cmap="gray" if c == 1 else None,
               vmin=0, vmax=1, interpolation="nearest")
     ax.set_axis_off()
     if title:
@@ -90,14 +86,16 @@ def density_plot(log_prob, data: torch.Tensor, samples: torch.Tensor,
     with torch.no_grad():
         density = log_prob(torch.stack([xx.reshape(-1), yy.reshape(-1)], -1)).exp()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    data, samples = data.numpy(), samples.numpy()
     axes[0].scatter(data[:, 0], data[:, 1], s=2, alpha=0.4)
     axes[0].set_title("held-out data")
-    axes[1].contourf(xx, yy, density.cpu().reshape(xx.shape), levels=30, cmap="viridis")
+    axes[1].contourf(xx.numpy(), yy.numpy(), density.cpu().reshape(xx.shape).numpy(), levels=30,
+                     cmap="viridis")
     axes[1].set_title("model density")
     axes[2].scatter(samples[:, 0], samples[:, 1], s=2, alpha=0.4, color="C1")
     axes[2].set_title("model samples")
     for ax in axes:
-        ax.set_xlim(lo[0], hi[0])
-        ax.set_ylim(lo[1], hi[1])
+        ax.set_xlim(lo[0].item(), hi[0].item())
+        ax.set_ylim(lo[1].item(), hi[1].item())
         ax.set_aspect("equal")
     return save_figure(fig, path)

@@ -8,19 +8,14 @@ atomic checkpoints with exact resumption, and DistributedDataParallel under ``to
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import os
-import random
-import tempfile
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -28,6 +23,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import Dataset, IterableDataset
 from tqdm import tqdm
+
+from .checkpoint import load_checkpoint, rng_state, save_torch, set_rng_state
 
 __all__ = ["CHECKPOINT_NAME", "History", "fit", "linear_warmup"]
 
@@ -182,71 +179,6 @@ def _broadcast_state(model: nn.Module) -> None:
     model.load_state_dict(state)
 
 
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    _, keys, pos, has_gauss, gauss = np.random.get_state()
-    version, words, gauss_next = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)},
-        "python": {"version": version, "words": torch.tensor(words, dtype=torch.int64),
-                   "gauss_next": gauss_next},
-    }
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(states: list[dict], rank: int, world: int, device: torch.device) -> None:
-    if len(states) != world:
-        warnings.warn(f"the checkpoint was written by {len(states)} process(es) and is resumed by "
-                      f"{world}: every rank takes rank 0's random state, so the run will not "
-                      "match an uninterrupted one exactly")
-    s = states[rank] if len(states) == world else states[0]
-    torch.set_rng_state(s["torch"])
-    if "cuda" in s and device.type == "cuda":
-        torch.cuda.set_rng_state(s["cuda"], device)
-    n = s["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"],
-                         n["has_gauss"], n["cached_gaussian"]))
-    p = s["python"]
-    random.setstate((p["version"], tuple(p["words"].tolist()), p["gauss_next"]))
-
-
-def _save_atomic(obj: dict, path: Path) -> None:
-    """A reader sees the old checkpoint or the new one, never half of one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def _load_checkpoint(path: Path, run: dict) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"resume=True but there is no checkpoint at {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise RuntimeError(f"cannot read checkpoint {path} (corrupt or truncated?): "
-                           f"{type(e).__name__}: {e}") from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != _FORMAT:
-        raise RuntimeError(f"{path} is not a checkpoint written by pyro_flows.fit "
-                           f"(format {_FORMAT})")
-    differ = [k for k in run if ckpt["run"].get(k) != run[k]]
-    if differ:
-        raise ValueError(f"checkpoint {path} belongs to a different run ({', '.join(differ)} "
-                         "differ); resume with the same model, data and settings, or start "
-                         "afresh with resume=False, overwrite=True or another checkpoint_dir")
-    return ckpt
-
-
 class _Run:
     """The state of one training run: what the checkpoint holds and what the guard rolls back
     (model, optimizer and schedule, from an in-memory snapshot)."""
@@ -284,7 +216,7 @@ class _Run:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.order.set_state(ckpt["order"])
-        _set_rng_state(ckpt["rng"], rank, world, device)
+        set_rng_state(ckpt["rng"], rank, world, device)
         self.history = History.from_dict(ckpt["history"])
         self.best, self.bad_streak, self.epoch = ckpt["best"], ckpt["bad_streak"], ckpt["epoch"]
 
@@ -414,7 +346,7 @@ def fit(
     state = _Run(model, params, lr, warmup_steps, seed)
     model.train()
     if resume:
-        state.load_state_dict(_load_checkpoint(path, run), rank, world, like.device)
+        state.load_state_dict(load_checkpoint(path, run, _FORMAT), rank, world, like.device)
     else:
         if path is not None and path.exists() and not overwrite:
             raise FileExistsError(f"{path} already holds a checkpoint; pass resume=True to "
@@ -508,12 +440,12 @@ def fit(
             state.epoch += 1
             state.take_snapshot()
             if path is not None:
-                rngs = [_rng_state(like.device)]
+                rngs = [rng_state(like.device)]
                 if world > 1:
                     rngs = [None] * world
-                    dist.all_gather_object(rngs, _rng_state(like.device))
+                    dist.all_gather_object(rngs, rng_state(like.device))
                 if rank == 0:
-                    _save_atomic(state.state_dict(run, rngs), path)
+                    save_torch(state.state_dict(run, rngs), path)
             stop = bool(callback is not None and callback(state.epoch - 1, history))
             if world > 1:
                 flag = torch.tensor(float(stop), device=like.device)
