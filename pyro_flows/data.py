@@ -74,7 +74,7 @@ class Dataset:
                     f"(N, D) or (N, C, H, W) with event shape {shape} like train"
                 )
         if self.levels is not None and self.levels < 2:
-            raise ValueError(f"Dataset {self.name!r}: levels must be >= 2 or None, got {self.levels}")
+            raise ValueError(f"Dataset {self.name!r}: levels must be >= 2 or None: {self.levels}")
 
     @property
     def event_shape(self) -> tuple[int, ...]:
@@ -235,17 +235,19 @@ def read_idx(path: PathLike) -> np.ndarray:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as e:
             raise ValueError(f"{path}: corrupt or truncated gzip data ({e})") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise ValueError(f"{path}: not an IDX file (bad magic number {raw[:4].hex() or 'empty'})")
+    if raw[2] not in _IDX_DTYPES or raw[3] == 0:
+        raise ValueError(f"{path}: bad IDX magic {raw[:4].hex()}: unknown type code or no dims")
     dtype, ndim = np.dtype(_IDX_DTYPES[raw[2]]), raw[3]
     header = 4 + 4 * ndim
-    if ndim == 0 or len(raw) < header:
+    if len(raw) < header:
         raise ValueError(f"{path}: truncated IDX header ({len(raw)} bytes, {ndim} dims)")
     dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, 4))
     expected = header + math.prod(dims) * dtype.itemsize
     if len(raw) != expected:
         what = "truncated" if len(raw) < expected else "has trailing bytes"
-        raise ValueError(f"{path}: IDX file {what}: {len(raw)} bytes, header {dims} needs {expected}")
+        raise ValueError(f"{path}: IDX file {what}: {len(raw)} bytes, {dims} needs {expected}")
     # astype copies to a writable native-endian array, which torch.from_numpy wants.
     return np.frombuffer(raw, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
 
@@ -305,27 +307,25 @@ def _read_csv(path: Path) -> np.ndarray:
         raise ValueError(f"{path}: not a numeric CSV ({e})") from None
 
 
-def _read_npy(path: Path) -> np.ndarray:
+def _read_numpy(path: Path) -> np.ndarray:
+    # np.load goes by the file's content, not its suffix: .npy gives an array,
+    # .npz an archive in which we look for the data array.
     try:
-        return np.load(path, allow_pickle=False)
-    except ValueError as e:
-        # numpy's message (e.g. refusing a pickled object array) omits the file.
-        raise ValueError(f"{path}: {e}") from None
-
-
-def _read_npz(path: Path) -> np.ndarray:
-    with np.load(path, allow_pickle=False) as z:
-        keys = list(z.keys())
-        key = next((k for k in ("x", "data") if k in keys), keys[0] if len(keys) == 1 else None)
-        if key is None:
-            raise ValueError(
-                f"{path}: cannot tell which array is the data; name it 'x' or 'data' "
-                f"(arrays in the file: {', '.join(keys) or 'none'})"
-            )
-        try:
+        z = np.load(path, allow_pickle=False)
+        if isinstance(z, np.ndarray):
+            return z
+        with z:
+            keys = list(z.keys())
+            key = next((k for k in ("x", "data") if k in keys), keys[0] if len(keys) == 1 else None)
+            if key is None:
+                raise ValueError(
+                    f"cannot tell which array is the data; name it 'x' or 'data' "
+                    f"(arrays in the file: {', '.join(keys) or 'none'})"
+                )
             return z[key]
-        except ValueError as e:
-            raise ValueError(f"{path}: array {key!r}: {e}") from None
+    except ValueError as e:
+        # numpy's messages (e.g. refusing a pickled object array) omit the file.
+        raise ValueError(f"{path}: {e}") from None
 
 
 def load_array(path: PathLike, n_bits: int | None = None) -> torch.Tensor:
@@ -342,7 +342,7 @@ def load_array(path: PathLike, n_bits: int | None = None) -> torch.Tensor:
     :raises ValueError: naming the file, for bad shape, non-finite or out-of-range values.
     """
     path = Path(path)
-    readers = {".npy": _read_npy, ".npz": _read_npz, ".csv": _read_csv}
+    readers = {".npy": _read_numpy, ".npz": _read_numpy, ".csv": _read_csv}
     suffix = path.suffix.lower()
     if suffix not in readers:
         raise ValueError(f"{path}: unsupported file type {suffix!r}; use .npy, .npz or .csv")
@@ -379,7 +379,7 @@ def load_array(path: PathLike, n_bits: int | None = None) -> torch.Tensor:
 
 def _split_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int, int]:
     if not (0.0 <= val_fraction < 1.0 and 0.0 <= test_fraction < 1.0):
-        raise ValueError(f"fractions must be in [0, 1), got val={val_fraction}, test={test_fraction}")
+        raise ValueError(f"fractions must be in [0, 1): val={val_fraction}, test={test_fraction}")
     n_val, n_test = round(n * val_fraction), round(n * test_fraction)
     if n - n_val - n_test < 1:
         raise ValueError(
@@ -400,15 +400,8 @@ def _sub_seed(seed: int, k: int) -> int:
     return int(np.random.SeedSequence([seed, k]).generate_state(1)[0])
 
 
-def load(
-    source: PathLike,
-    *,
-    n_bits: int | None = None,
-    seed: int = 0,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.1,
-    n_toy: int = 10_000,
-) -> Dataset:
+def load(source: PathLike, *, n_bits: int | None = None, seed: int = 0,
+         val_fraction: float = 0.1, test_fraction: float = 0.1, n_toy: int = 10_000) -> Dataset:
     """Load a data set by name or path and split it.
 
     :param source: a toy name from :data:`TOYS`, ``"digits"``,
@@ -440,10 +433,12 @@ def load(
     if key == "fashion_mnist":
         bits = 8 if n_bits is None else operator.index(n_bits)
         if not 1 <= bits <= 8:
-            raise ValueError(f"Fashion-MNIST has 8-bit pixels; n_bits must be in 1..8, got {n_bits}")
+            raise ValueError(f"Fashion-MNIST pixels have 8 bits; n_bits must be 1..8: {n_bits}")
         full, test = load_fashion_mnist()
         if bits < 8:
-            full, test = (torch.div(t, 2 ** (8 - bits), rounding_mode="floor") for t in (full, test))
+            # Keeping the top bits, as Glow does for its reduced-depth image benchmarks.
+            shift = 2 ** (8 - bits)
+            full, test = (torch.div(t, shift, rounding_mode="floor") for t in (full, test))
         train, val = _split(full, _split_sizes(len(full), val_fraction, 0.0)[:2], seed)
         return Dataset("fashion-mnist", train, val, test, levels=2**bits)
     if os.path.isfile(name):
