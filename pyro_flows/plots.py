@@ -63,7 +63,9 @@ def image_grid(images: torch.Tensor, path: str | os.PathLike, levels: int | None
     for i in range(n):
         r, q = divmod(i, cols)
         grid[:, 1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + q * (w + 1): 1 + q * (w + 1) + w] = x[i]
-    fig, ax = plt.subplots(figsize=(0.25 * cols * (w + 1) / 8 + 2, 0.25 * rows * (h + 1) / 8 + 2))
+    inches = 0.09  # per pixel: an 8x8 digit is about 0.8 inch wide
+    fig, ax = plt.subplots(figsize=(max(3.0, inches * cols * (w + 1)),
+                                    max(3.0, inches * rows * (h + 1))))
     ax.imshow((grid[0] if c == 1 else grid[:3].permute(1, 2, 0)).numpy(),
               cmap="gray" if c == 1 else None,
               vmin=0, vmax=1, interpolation="nearest")
