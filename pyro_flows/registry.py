@@ -113,7 +113,7 @@ def entry(name: str) -> Entry:
 def build(name: str, event_shape: int | tuple[int, ...], **kwargs):
     """A new transform ``name`` for inputs of ``event_shape``; ``kwargs`` go to its builder.
 
-    >>> import pyro_flows
+    >>> import torch, pyro_flows
     >>> pyro_flows.build("realnvp", event_shape=(2,), num_layers=2)(torch.zeros(2)).shape
     torch.Size([2])
     """
