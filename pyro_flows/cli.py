@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from . import data as datasets
 from . import plots
@@ -99,7 +100,20 @@ def evaluate(model: FlowModel, data: torch.Tensor, batch_size: int = 500, seed: 
 
 
 # -- the commands --------------------------------------------------------------------------
+def _join_process_group(device: str) -> tuple[int, str]:
+    """Under ``torchrun`` (``WORLD_SIZE > 1``): join the process group, NCCL with one GPU per
+    local rank, gloo on CPUs. Returns this process's rank and device."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        if device.startswith("cuda"):
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+            device = f"cuda:{local}"
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return (dist.get_rank() if dist.is_initialized() else 0), device
+
+
 def _fit(args: argparse.Namespace) -> dict:
+    rank, args.device = _join_process_group(args.device)
     dataset = datasets.load(args.data, n_bits=args.n_bits, seed=args.seed)
     image = dataset.kind == "image"
     out = Path(args.out or Path("runs") / f"{Path(dataset.name).stem}-{args.flow}")
@@ -108,6 +122,8 @@ def _fit(args: argparse.Namespace) -> dict:
                          f"to replace it, or choose another --out")
     if args.resume and not (out / CONFIG).exists():
         raise ValueError(f"--resume: {out} holds no run to continue")
+    if dist.is_initialized():
+        dist.barrier()  # every rank has checked --out before rank 0 writes into it
     out.mkdir(parents=True, exist_ok=True)
     config = {
         "data": args.data, "n_bits": args.n_bits, "seed": args.seed, "flow": args.flow,
@@ -123,12 +139,15 @@ def _fit(args: argparse.Namespace) -> dict:
                              f"{sorted(changed)}")
     torch.manual_seed(args.seed)
     model = _build(config).to(args.device)
-    save_json(config, out / CONFIG)
+    if rank == 0:
+        save_json(config, out / CONFIG)
     start = time.time()
     history = fit(model, dataset.train, val_data=dataset.val, epochs=args.epochs,
                   batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
                   patience=args.patience, checkpoint_dir=out, resume=args.resume,
                   overwrite=args.overwrite, seed=args.seed, progress=not args.quiet)
+    if rank != 0:  # every rank holds the same weights; rank 0 reports
+        return {}
     save_torch(model.state_dict(), out / WEIGHTS)
     model.eval()
     metrics = {**evaluate(model, dataset.test, seed=args.seed),
@@ -243,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"pyro-flows {args.command}: error: {message}", file=sys.stderr)
         return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
     return 0
 
 
