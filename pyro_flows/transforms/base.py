@@ -184,6 +184,21 @@ class Bijector(_Memo, TransformModule):
     def _backward(self, y: torch.Tensor, context: torch.Tensor | None = None):
         raise NotImplementedError
 
+    def _rebuild(self, out: torch.Tensor, context: torch.Tensor | None, inverse: bool):
+        """For invertible backprop: rebuild the input that gave ``out`` (from ``_backward`` when
+        ``inverse``, else ``_forward``) and rerun that direction on it with a graph.
+
+        Returns ``(leaves, out, ladj, assemble)``: ``leaves`` are tensors requiring grad that
+        make up the input, ``assemble(parts)`` joins tensors shaped like them into one input.
+        Couplings override this to evaluate their conditioner once instead of twice.
+        """
+        with torch.no_grad():
+            x = (self._forward if inverse else self._backward)(out, context)[0]
+        x = x.detach().requires_grad_()
+        with torch.enable_grad():
+            y, ladj = (self._backward if inverse else self._forward)(x, context)
+        return [x], y, ladj, lambda parts: parts[0]
+
     def __hash__(self) -> int:
         return id(self)
 

@@ -158,6 +158,27 @@ class _Coupling(Bijector):
         zero = y.new_zeros(y.shape[: y.dim() - len(self.event_shape)])
         return self._merge(y1, x2), self._sum_event(ladj) if ladj is not None else zero
 
+    def _rebuild(self, out: torch.Tensor, context: torch.Tensor | None, inverse: bool):
+        if self.checkerboard:
+            return super()._rebuild(out, context, inverse)
+        # The conditioning half passes through unchanged, so one conditioner evaluation serves
+        # both to rebuild the transformed half and to rerun the layer with a graph.
+        o1, o2 = self._split(out)
+        x1 = o1.detach().requires_grad_()
+        with torch.enable_grad():
+            params = self._params(x1, context)
+        with torch.no_grad():
+            fixed = [p.detach() for p in params]
+            undo = self._elementwise if inverse else self._elementwise_inverse
+            x2 = undo(o2, fixed)[0].requires_grad_()
+        with torch.enable_grad():
+            redo = self._elementwise_inverse if inverse else self._elementwise
+            y2, ladj = redo(x2, params)
+            y = self._merge(x1, y2)
+            batch = y.shape[: y.dim() - len(self.event_shape)]
+            ladj = self._sum_event(ladj) if ladj is not None else y.new_zeros(batch)
+        return [x1, x2], y, ladj, lambda parts: self._merge(*parts)
+
     def _elementwise(self, x2, params):
         raise NotImplementedError
 

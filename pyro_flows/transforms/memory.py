@@ -26,6 +26,19 @@ def _run(block: Bijector, x: torch.Tensor, context, inverse: bool):
     return block._backward(x, context) if inverse else block._forward(x, context)
 
 
+def _leaf_blocks(blocks: Sequence[Bijector], inverse: bool) -> list[Bijector]:
+    """Blocks with every chain opened into its parts, in the order they run, so that each part
+    can rebuild its own input (a coupling cheaper than a whole chain could)."""
+    leaves = []
+    for block in blocks:
+        parts = getattr(block, "parts", None)
+        if isinstance(parts, list):
+            leaves += _leaf_blocks(parts[::-1] if inverse else parts, inverse)
+        else:
+            leaves.append(block)
+    return leaves
+
+
 class _InvertibleCheckpoint(torch.autograd.Function):
     @staticmethod
     def forward(ctx, blocks, inverse, x, context, *params):
@@ -47,26 +60,24 @@ class _InvertibleCheckpoint(torch.autograd.Function):
         want_context = context is not None and ctx.needs_input_grad[3]
         grad_context = None
         for block in reversed(ctx.blocks):
-            with torch.no_grad():
-                x = _run(block, y, context, not ctx.inverse)[0]
-            with torch.enable_grad():
-                x = x.detach().requires_grad_()
-                c = context.detach().requires_grad_() if want_context else context
-                out, ld = _run(block, x, c, ctx.inverse)
-                params = [p for p in block.parameters() if p.requires_grad]
-                inputs = [x, *params] + ([c] if want_context else [])
-                pairs = [(t, g) for t, g in ((out, grad_y), (ld, grad_ladj.expand_as(ld)))
-                         if t.requires_grad]
-                grads = torch.autograd.grad([t for t, _ in pairs], inputs,
-                                            [g for _, g in pairs], allow_unused=True)
-            grad_y = grads[0]
-            for p, g in zip(params, grads[1 : 1 + len(params)]):
+            c = context.detach().requires_grad_() if want_context else context
+            leaves, out, ld, assemble = block._rebuild(y, c, ctx.inverse)
+            params = [p for p in block.parameters() if p.requires_grad]
+            inputs = [*leaves, *params] + ([c] if want_context else [])
+            pairs = [(t, g) for t, g in ((out, grad_y), (ld, grad_ladj.expand_as(ld)))
+                     if t.requires_grad]
+            grads = torch.autograd.grad([t for t, _ in pairs], inputs, [g for _, g in pairs],
+                                        allow_unused=True)
+            n = len(leaves)
+            grad_y = assemble([g if g is not None else torch.zeros_like(leaf)
+                               for g, leaf in zip(grads[:n], leaves)])
+            for p, g in zip(params, grads[n : n + len(params)]):
                 if g is not None:
                     i = index[id(p)]
                     grad_params[i] = g if grad_params[i] is None else grad_params[i] + g
             if want_context and grads[-1] is not None:
                 grad_context = grads[-1] if grad_context is None else grad_context + grads[-1]
-            y = x.detach()
+            y = assemble([leaf.detach() for leaf in leaves])
         return (None, None, grad_y, grad_context, *grad_params)
 
 
@@ -88,6 +99,7 @@ def invertible_checkpoint(blocks: Sequence[Bijector], x: torch.Tensor,
                           context: torch.Tensor | None = None, inverse: bool = False):
     """Like :func:`run_blocks`, with gradients equal to plain backprop but no intermediate
     activations stored. Falls back to plain evaluation when no gradient is needed."""
+    blocks = _leaf_blocks(blocks, inverse)
     params = [p for block in blocks for p in block.parameters() if p.requires_grad]
     needs_grad = torch.is_grad_enabled() and (
         x.requires_grad or bool(params) or (context is not None and context.requires_grad))
