@@ -14,6 +14,8 @@ import pyro_flows
 from pyro_flows.registry import entry
 from pyro_flows.transforms import skip_data_init
 
+from helpers import perturb
+
 VECTOR, IMAGE = (5,), (2, 4, 4)
 CONTEXT_DIM = 3
 # Extra configurations that the defaults do not reach, by event rank.
@@ -65,12 +67,7 @@ class Case:
         if self.conditional:
             kwargs["context_dim"] = CONTEXT_DIM
         module = pyro_flows.build(self.name, self.shape, **kwargs).double()
-        skip_data_init(module)
-        g = torch.Generator().manual_seed(1)
-        with torch.no_grad():
-            for p in module.parameters():
-                p.add_(0.2 * torch.randn(p.shape, generator=g, dtype=p.dtype))
-        return module
+        return perturb(skip_data_init(module), scale=0.2, seed=1)
 
     def transform(self, module, context=None):
         if not self.conditional:

@@ -20,16 +20,12 @@ from pyro_flows.transforms import (
     vector_flow,
 )
 
+from helpers import perturb
+
 F64 = torch.float64
 KINDS = ["nice", "realnvp", "glow"]
 
 
-def perturb(module: torch.nn.Module, scale: float = 0.5, seed: int = 0) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
-    return module
 
 
 def perturb_couplings(flow) -> None:
@@ -37,7 +33,7 @@ def perturb_couplings(flow) -> None:
     coupling transforms it (a perturbed scaling would touch everything by itself)."""
     for i, part in enumerate(flow.parts):
         if isinstance(part, (AdditiveCoupling, AffineCoupling)):
-            perturb(part, seed=i)
+            perturb(part, 0.5, seed=i)
 
 
 @pytest.mark.parametrize("num_layers", [2, 3, 4])
@@ -63,7 +59,7 @@ def test_nice_scaling_sits_next_to_the_base():
 
 
 def test_nice_scaling_carries_the_volume_change():
-    flow = perturb(vector_flow("nice", 4, num_layers=3, hidden_dims=(8,)).double())
+    flow = perturb(vector_flow("nice", 4, num_layers=3, hidden_dims=(8,)).double(), 0.5)
     x = torch.randn(5, 4, dtype=F64)
     y = flow(x)
     expected = flow.parts[0].log_scale.sum().expand(5)
@@ -98,7 +94,7 @@ def test_bad_arguments_are_rejected(kind, num_layers):
 def test_conditional_flows_use_the_context(kind):
     flow = conditional_vector_flow(kind, 4, context_dim=2, num_layers=2, hidden_dims=(16,)).double()
     skip_data_init(flow)
-    perturb(flow)
+    perturb(flow, 0.5)
     assert sum(isinstance(p, ConditionalBijector) for p in flow) == 2
     x = torch.randn(3, 4, dtype=F64)
     c1, c2 = torch.randn(2, 2, dtype=F64)

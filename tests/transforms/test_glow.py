@@ -11,16 +11,11 @@ from pyro_flows.nn import soft_clamp
 from pyro_flows.transforms import ConditionalGlow, Glow, InvertibleConv1x1, skip_data_init
 from pyro_flows.transforms.glow import PRIOR_SCALE_BOUND
 
+from helpers import perturb
+
 F64 = torch.float64
 SMALL = {"steps": 2, "hidden_channels": 4}
 
-
-def perturb(module: torch.nn.Module, scale: float = 0.1, seed: int = 0) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
-    return module
 
 
 def standard_normal(shape: tuple[int, ...]) -> dist.Distribution:

@@ -8,18 +8,13 @@ import torch
 
 from pyro_flows.transforms import InvertibleConv1x1, InvertibleLinear
 
+from helpers import perturb
+
 F64 = torch.float64
 LAYERS = [(InvertibleLinear, (5,)), (InvertibleConv1x1, (5, 3, 2))]
 IDS = ["linear", "conv1x1"]
 
 
-def perturb(module: torch.nn.Module, scale: float = 0.3, seed: int = 0) -> torch.nn.Module:
-    """Move the parameters away from the initial rotation (whose log-det is 0)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
-    return module
 
 
 def apply_matrix(w: torch.Tensor, x: torch.Tensor, rank: int) -> torch.Tensor:
@@ -29,7 +24,7 @@ def apply_matrix(w: torch.Tensor, x: torch.Tensor, rank: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("cls,shape", LAYERS, ids=IDS)
 def test_lu_and_plain_parameterizations_agree(cls, shape):
-    lu = perturb(cls(shape, lu=True).double())
+    lu = perturb(cls(shape, lu=True).double(), 0.3)
     w, logdet = lu._build(False)
     plain = cls(shape, lu=False).double()
     with torch.no_grad():
@@ -48,11 +43,11 @@ def test_lu_and_plain_parameterizations_agree(cls, shape):
 def test_conv1x1_log_det_is_pixels_times_the_matrix_log_det():
     shape = (4, 3, 5)
     x = torch.randn(2, *shape, dtype=F64)
-    lu = perturb(InvertibleConv1x1(shape, lu=True).double())
+    lu = perturb(InvertibleConv1x1(shape, lu=True).double(), 0.3)
     y = lu(x)
     expected = (15 * lu.log_diag.sum()).expand(2)
     assert torch.allclose(lu.log_abs_det_jacobian(x, y), expected, atol=1e-12, rtol=0)
-    plain = perturb(InvertibleConv1x1(shape, lu=False).double())
+    plain = perturb(InvertibleConv1x1(shape, lu=False).double(), 0.3)
     y = plain(x)
     expected = (15 * torch.linalg.slogdet(plain.weight)[1]).expand(2)
     assert torch.allclose(plain.log_abs_det_jacobian(x, y), expected, atol=1e-12, rtol=0)
@@ -62,7 +57,7 @@ def test_conv1x1_log_det_is_pixels_times_the_matrix_log_det():
 @pytest.mark.parametrize("lu", [True, False])
 @pytest.mark.parametrize("cls,shape", LAYERS, ids=IDS)
 def test_inverse_weight_times_weight_is_the_identity(cls, shape, lu):
-    t = perturb(cls(shape, lu=lu).double())
+    t = perturb(cls(shape, lu=lu).double(), 0.3)
     w, _ = t._build(False)
     w_inv, _ = t._build(True)
     eye = torch.eye(shape[0], dtype=F64)
@@ -73,7 +68,7 @@ def test_inverse_weight_times_weight_is_the_identity(cls, shape, lu):
 @pytest.mark.parametrize("lu", [True, False])
 @pytest.mark.parametrize("cls,shape", LAYERS, ids=IDS)
 def test_no_grad_weight_is_reused_until_a_parameter_changes(cls, shape, lu):
-    t = perturb(cls(shape, lu=lu).double())
+    t = perturb(cls(shape, lu=lu).double(), 0.3)
     x = torch.randn(3, *shape, dtype=F64)
     with torch.no_grad():
         y1 = t(x)
@@ -90,7 +85,7 @@ def test_no_grad_weight_is_reused_until_a_parameter_changes(cls, shape, lu):
 
 
 def test_grad_mode_builds_the_weight_with_a_graph():
-    t = perturb(InvertibleLinear(4).double())
+    t = perturb(InvertibleLinear(4).double(), 0.3)
     with torch.no_grad():
         t(torch.randn(2, 4, dtype=F64))
     cached = t._no_grad_cache
@@ -101,7 +96,7 @@ def test_grad_mode_builds_the_weight_with_a_graph():
 
 
 def test_no_grad_cache_keeps_forward_and_inverse_apart():
-    t = perturb(InvertibleLinear(4).double())
+    t = perturb(InvertibleLinear(4).double(), 0.3)
     x = torch.randn(3, 4, dtype=F64)
     with torch.no_grad():
         y = t(x)

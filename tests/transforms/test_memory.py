@@ -9,13 +9,7 @@ import pyro.distributions as dist
 import pyro_flows
 from pyro_flows.transforms import skip_data_init
 
-
-def _perturbed(module, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=g, dtype=p.dtype))
-    return module
+from helpers import perturb
 
 
 def _grads(transform, x, context=None, sample=False):
@@ -35,7 +29,7 @@ def _grads(transform, x, context=None, sample=False):
 
 def _pair(name, shape, **kwargs):
     torch.manual_seed(0)
-    plain = skip_data_init(_perturbed(pyro_flows.build(name, shape, **kwargs).double()))
+    plain = skip_data_init(perturb(pyro_flows.build(name, shape, **kwargs).double()))
     lean = pyro_flows.build(name, shape, memory_efficient=True, **kwargs).double()
     lean.load_state_dict(plain.state_dict())
     skip_data_init(lean)
@@ -58,7 +52,7 @@ def test_glow_gradients_match_plain_backprop(step_type, sample):
 
 def test_conditional_glow_gradients_reach_the_context():
     torch.manual_seed(0)
-    plain = skip_data_init(_perturbed(pyro_flows.build(
+    plain = skip_data_init(perturb(pyro_flows.build(
         "conditional_glow", (2, 4, 4), context_dim=3, levels=1, steps=2, hidden_channels=8).double()))
     lean = pyro_flows.build("conditional_glow", (2, 4, 4), context_dim=3, levels=1, steps=2,
                             hidden_channels=8, memory_efficient=True).double()
