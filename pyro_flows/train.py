@@ -30,7 +30,6 @@ __all__ = ["CHECKPOINT_NAME", "History", "fit", "linear_warmup"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 _FORMAT = 1  # bump when the checkpoint layout changes
-_DISPLAY_SECONDS = 1.0  # how often the progress bar re-measures bits/dim
 
 
 @dataclass
@@ -39,8 +38,9 @@ class History:
 
     :ivar train_loss: mean negative log-likelihood (nats per example) over the epoch's steps.
     :ivar val_loss: mean NLL on ``val_data`` after the epoch (empty without ``val_data``).
-    :ivar val_bits_per_dim: mean ``model.bits_per_dim`` on ``val_data`` (empty unless the model
-        has that method and ``val_data`` is given).
+    :ivar val_bits_per_dim: ``val_loss`` in bits per dimension, ``/ (D ln 2)`` (empty unless
+        the model has a ``bits_per_dim`` method, as :class:`~pyro_flows.FlowModel` does, and
+        ``val_data`` is given).
     :ivar lr: learning rate at the end of the epoch.
     :ivar steps: optimizer steps in effect at the end of the epoch (rolled-back ones excluded).
     :ivar skipped_steps: steps skipped by the non-finite guard during the epoch.
@@ -157,9 +157,10 @@ def _checked(log_prob: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return log_prob
 
 
-def _mean_bits_per_dim(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    bpd = model.bits_per_dim(x)
-    return bpd if bpd.dim() == 0 else bpd.mean()
+def _bits_per_dim(nll: float, x: torch.Tensor) -> float:
+    """Nats per example to bits per dimension: the definition of ``bits_per_dim``, applied to a
+    log-likelihood already computed rather than evaluating the model again."""
+    return nll / (x[0].numel() * math.log(2))
 
 
 def _world() -> tuple[int, int]:
@@ -232,9 +233,10 @@ def _evaluate(model: nn.Module, val: _Data, batch_size: int, rank: int, world: i
     for idx in torch.arange(val.size).tensor_split(world)[rank].split(batch_size):
         if len(idx):
             x = val.batch(idx, like)
-            nll -= _checked(model.log_prob(x), x).sum().item()
+            batch_nll = -_checked(model.log_prob(x), x).sum().item()
+            nll += batch_nll
             if has_bpd:
-                bpd += _mean_bits_per_dim(model, x).item() * len(idx)
+                bpd += _bits_per_dim(batch_nll, x)
     model.train(was_training)
     if world > 1:
         sums = torch.tensor([nll, bpd], dtype=like.dtype, device=like.device)
@@ -369,7 +371,6 @@ def fit(
     has_bpd = callable(getattr(model, "bits_per_dim", None))
     per_epoch = train.size // batch_size + (train.size % batch_size >= world)
     shown: dict[str, str] = {}
-    next_display = 0.0
 
     with tqdm(total=epochs * per_epoch, initial=min(state.epoch, epochs) * per_epoch,
               unit="step", disable=not progress or rank != 0, dynamic_ncols=True) as bar:
@@ -410,12 +411,8 @@ def fit(
                 if not bar.disable:
                     if count:
                         shown["loss"] = f"{total / count:.4g}"
-                    if has_bpd and time.monotonic() >= next_display:
-                        # The display must not draw from the RNGs training uses.
-                        cuda = [like.device.index or 0] if like.device.type == "cuda" else []
-                        with torch.no_grad(), torch.random.fork_rng(devices=cuda):
-                            shown["bpd"] = f"{_mean_bits_per_dim(model, x).item():.4g}"
-                        next_display = time.monotonic() + _DISPLAY_SECONDS
+                    if has_bpd and count:
+                        shown["bpd"] = f"{_bits_per_dim(total / count, x):.4g}"
                     bar.set_postfix(shown, refresh=False)
                 bar.update()
 

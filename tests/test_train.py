@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from pyro_flows import FlowModel
+
 import pyro_flows
 from pyro_flows.train import CHECKPOINT_NAME, History, fit, linear_warmup
 
@@ -374,3 +376,16 @@ def test_resume_after_early_stop_keeps_best(tmp_path):
     again = Quadratic()
     resumed = fit(again, data, resume=True, **settings)
     assert resumed == history and again.theta.item() == first.theta.item()
+
+
+def test_validation_evaluates_each_example_once_and_bits_match_the_loss():
+    model = FlowModel.build("realnvp", (4,), data_levels=17, num_layers=2)
+    seen = []
+    log_prob = model.log_prob
+    model.log_prob = lambda x: (seen.append(len(x)), log_prob(x))[1]
+    val = torch.randint(0, 17, (100, 4)).float()
+    history = fit(model, torch.randint(0, 17, (64, 4)).float(), val_data=val, epochs=1,
+                  batch_size=64, progress=False)
+    # one no-grad pass for ActNorm's initialization, one training step, validation in 2 batches
+    assert seen == [64, 64, 64, 36]
+    assert history.val_bits_per_dim[0] == pytest.approx(history.val_loss[0] / (4 * math.log(2)))
