@@ -24,10 +24,10 @@ from typing import Sequence
 import pyro.distributions as dist
 import torch
 from torch import nn
-from torch.distributions import Transform
+from torch.distributions import ComposeTransform, Transform
 
 from .registry import build, entry
-from .transforms.base import check_event_shape
+from .transforms.base import Bijector, check_event_shape
 from .transforms.flows import conditional_vector_flow
 
 __all__ = ["DEQUANTIZATIONS", "FlowModel", "Preprocessing"]
@@ -46,6 +46,31 @@ def _event_shape(event_shape: int | Sequence[int]) -> torch.Size:
 
 def _sum_event(t: torch.Tensor, n: int) -> torch.Tensor:
     return t.sum(dim=tuple(range(-n, 0)))
+
+
+def _pull_back(parts, y: torch.Tensor, event_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Map data ``y`` through the inverses of ``parts`` (base -> data order) to the base, with
+    the summed log-det of the forward maps, in one pass per part.
+
+    ``TransformedDistribution.log_prob`` asks each transform for ``inv`` and then for the
+    log-det, which costs a second pass unless a cache bridges the two; a cache cannot live
+    inside a compiled graph, so pyro-flows' own transforms hand back both at once here.
+    """
+    ladj = 0
+    for t in reversed(parts):
+        if isinstance(t, ComposeTransform):
+            y, ld = _pull_back(t.parts, y, event_dim)
+        elif isinstance(t, Bijector):
+            y, ld = t._backward(y)
+        else:
+            x = t.inv(y)
+            ld = t.log_abs_det_jacobian(x, y)
+            y = x
+            extra = ld.dim() - (y.dim() - event_dim)  # event dims the log-det still has
+            if extra > 0:
+                ld = _sum_event(ld, extra)
+        ladj = ladj + ld
+    return y, ladj
 
 
 class Preprocessing(nn.Module):
@@ -259,7 +284,8 @@ class FlowModel(nn.Module):
                              f"convert the data (data.to({dtype})) or the model "
                              f"(model.to({data.dtype}))")
         check_event_shape(self, data, tuple(self.event_shape))
-        if device.type != "meta":  # meta tensors have shapes but no values
+        # Meta tensors have shapes but no values; a compiled graph cannot branch on values.
+        if device.type != "meta" and not torch.compiler.is_compiling():
             if not torch.isfinite(data).all():
                 raise ValueError("data contain NaN or infinite values")
             if self.preprocessing is not None:
@@ -280,7 +306,9 @@ class FlowModel(nn.Module):
             x, ladj = self.preprocessing(data)
         # Inputs are checked above; the distribution's own checks would repeat them and
         # cannot run on meta tensors.
-        return self._distribution(1.0, validate_args=False).log_prob(x) + ladj
+        z, flow_ladj = _pull_back(self._parts, x, len(self.event_shape))
+        base = self._distribution(1.0, validate_args=False).base_dist
+        return base.log_prob(z) - flow_ladj + ladj
 
     def forward(self, data: torch.Tensor) -> torch.Tensor:
         """:meth:`log_prob`, so that ``DistributedDataParallel`` and module hooks see it."""
