@@ -16,7 +16,7 @@ seed. Reports the test ELBO and the importance-weighted bound ``IWAE(k)`` (Burda
 2016), whose negative is the test NLL estimate, and writes ``reconstructions.png`` and
 ``samples.png`` to ``--out``::
 
-    python examples/vae_flow.py --out vae_out                       # Fashion-MNIST
+    python examples/vae_flow.py --out vae_out                       # Fashion-MNIST, ~20 min
     python examples/vae_flow.py --data digits --out vae_digits
     python examples/vae_flow.py --smoke --out /tmp/vae              # tiny sizes, under a minute
 """
@@ -179,8 +179,8 @@ class VAE(nn.Module):
 
 
 def train(vae: VAE, probs: torch.Tensor, sizes: Sizes, seed: int, desc: str) -> list[float]:
-    """SVI with Adam; every batch is binarized afresh. Returns the training ELBO per epoch
-    (nats per image). The batch order depends on ``seed`` alone."""
+    """SVI with Adam on a cleared param store; every batch is binarized afresh. Returns the
+    training ELBO per epoch (nats per image). The batch order depends on ``seed`` alone."""
     pyro.clear_param_store()
     svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": sizes.lr}), Trace_ELBO())
     order = torch.Generator().manual_seed(seed)
