@@ -92,7 +92,9 @@ class _Memo:
             return rec[1 - i]
         out, ladj = self._compute(x, inverse)
         x_, y_ = (out, x) if inverse else (x, out)
-        self._record = (x_, y_, ladj, key, torch.is_grad_enabled(), (x_._version, y_._version))
+        # Keyed after computing: ActNorm's data initialization changes parameters on the way.
+        self._record = (x_, y_, ladj, self._state_key(), torch.is_grad_enabled(),
+                        (x_._version, y_._version))
         return out
 
     def _compute(self, x: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:

@@ -184,3 +184,19 @@ def test_checkpoint_loaded_with_assign_is_used_on_the_next_call():
                   "initialized": torch.tensor(True)}
     t.load_state_dict(checkpoint, assign=True)
     assert torch.equal(t(x), x + 1)
+
+
+def test_first_log_prob_runs_the_flow_once():
+    """ActNorm's initialization changes parameters during the first inverse; the log-det
+    remembered from that pass must still serve log_abs_det_jacobian (no second pass)."""
+    import pyro_flows
+    from pyro_flows.transforms.glow import Glow
+
+    g = pyro_flows.build("glow", event_shape=(1, 8, 8), levels=2, steps=2, hidden_channels=8)
+    calls = []
+    forward = g._forward
+    g._forward = lambda *a: (calls.append(1), forward(*a))[1]
+    d = dist.TransformedDistribution(dist.Normal(torch.zeros(1, 8, 8), 1.0).to_event(3), [g])
+    d.log_prob(torch.rand(16, 1, 8, 8))
+    assert calls == []
+    assert isinstance(g, Glow)
