@@ -150,6 +150,8 @@ def gemm_shapes(c: Contender, x: torch.Tensor) -> list[tuple[int, int, int]]:
 
 
 class MatmulReference:
+    """Plain ``torch.matmul`` over a list of GEMM shapes: the attainable GFLOP/s."""
+
     def __init__(self, shapes: list[tuple[int, int, int]], block: float,
                  clock: Callable[[], float]) -> None:
         self.clock = clock
@@ -355,6 +357,7 @@ def write_json(path: str, payload: dict) -> None:
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         json.dump(payload, f, indent=1)
+    os.chmod(tmp, 0o644)  # mkstemp's 0600 would make the results private to this user
     os.replace(tmp, path)
 
 
