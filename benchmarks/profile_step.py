@@ -25,6 +25,8 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from pyro_flows.train import adam
+
 from _contenders import CONTENDERS, WORKLOADS, build, make_data
 from speed import LR, THREADS, train_step
 
@@ -36,7 +38,7 @@ def profile_workload(name: str, contender: str, steps: int, top: int, shapes: bo
     w = WORKLOADS[name]
     c = build(contender, w)
     data = make_data(w, 4)
-    opt = torch.optim.Adam(c.module.parameters(), lr=LR)
+    opt = adam(list(c.module.parameters()), LR)
     for i in range(3):  # ActNorm initialization, Adam state, allocator
         train_step(c, opt, data[i % len(data)])
     t0 = time.perf_counter()

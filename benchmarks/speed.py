@@ -15,7 +15,9 @@ last ``--block`` seconds. A contender's figure is the median over rounds; a rati
 over rounds of ``time(contender) / time(pyro-flows)`` in the same round, so load that drifts
 between rounds cancels (values above 1: pyro-flows is faster). Measures:
 
-* ``train``: steps/s of ``zero_grad; (-log_prob(x).mean()).backward(); Adam.step``;
+* ``train``: steps/s of ``zero_grad; (-log_prob(x).mean()).backward(); Adam.step``, with the
+  Adam ``pyro_flows.fit`` uses (``pyro_flows.train.adam``: torch's fused kernel) for every
+  contender, so the optimizer is the same work everywhere;
 * ``log_prob`` / ``sample``: samples/s with autograd on (what SVI and training see), and the
   same under ``torch.no_grad()``;
 * GFLOP/s of the training step: its FLOPs counted by ``torch.utils.flop_counter`` (matmuls and
@@ -52,6 +54,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from pyro_flows.train import adam
+
 from _contenders import CONTENDERS, WORKLOADS, Contender, Workload, applicable, build, make_data
 
 THREADS = 2
@@ -85,7 +89,7 @@ class Runner:
     def __init__(self, c: Contender, w: Workload, data: list[torch.Tensor],
                  clock: Callable[[], float] = time.perf_counter) -> None:
         self.c, self.w, self.data, self.i, self.clock = c, w, data, 0, clock
-        self.opt = torch.optim.Adam(c.module.parameters(), lr=LR)
+        self.opt = adam(list(c.module.parameters()), LR)
         self.reps = dict.fromkeys(MEASURES, 1)
         self.loss = float("nan")
 

@@ -168,6 +168,41 @@ def test_no_stale_cache_after_an_optimizer_step(case):
         assert not torch.equal(y_after, y_before)
 
 
+def _fused_adam_step(module):
+    """An optimizer step that changes every parameter without bumping its version counter, as
+    torch's fused Adam does."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=0.05, fused=True)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    versions = [p._version for p in params]
+    opt.step()
+    assert [p._version for p in params] == versions  # the case this test is about
+
+
+@pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])
+def test_no_stale_cache_after_a_fused_optimizer_step(case, grad):
+    """Every kind of reuse the cache allows must notice an update that version counters miss:
+    the same input again in either direction, and the inverse of a flow's own output."""
+    if not any(True for _ in case.module.parameters()):
+        pytest.skip("no parameters")
+    x = case.x(4)
+    with torch.set_grad_enabled(grad):
+        y = case.t(x)
+        x_back = case.t.inv(y.detach())
+        _fused_adam_step(case.module)
+        fresh = case.t.with_cache(0)
+        y_again, x_again = case.t(x), case.t.inv(y.detach())
+        assert torch.equal(y_again, fresh(x.clone()))
+        assert torch.equal(x_again, fresh.inv(y.detach().clone()))
+        assert not torch.equal(y_again, y) and not torch.equal(x_again, x_back)
+        own = case.t(x)
+        assert case.t.inv(own) is x  # a legitimate cache hit: the output was just computed
+        _fused_adam_step(case.module)
+        x_stale = case.t.inv(own)
+        assert torch.equal(x_stale, case.t.with_cache(0).inv(own.detach().clone()))
+
+
 def _outputs(case, module):
     x = torch.randn((3,) + case.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     t = case.transform(module)

@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..nn import soft_clamp, zero_last_layer
+from ..nn import channels_last, soft_clamp, zero_last_layer
 from .actnorm import ActNorm
 from .base import Bijector, ConditionalBijector, as_event_shape, check_event_shape
 from .coupling import AdditiveCoupling, AffineCoupling
@@ -182,7 +182,8 @@ class Glow(Bijector):
             ]))
             if level < levels - 1:
                 self.priors.append(zero_last_layer(
-                    nn.Conv2d(c // 2 + context_dim, c, 3, padding=1)))
+                    nn.Conv2d(c // 2 + context_dim, c, 3, padding=1)
+                ).to(memory_format=torch.channels_last))
                 c //= 2
         self.top_shape = (c, h, w)
         self.top_loc = nn.Parameter(torch.zeros(self.top_shape))
@@ -195,7 +196,7 @@ class Glow(Bijector):
         if context is not None:
             ctx = context[:, :, None, None].expand(-1, -1, *kept.shape[-2:])
             kept = torch.cat([kept, ctx], dim=1)
-        loc, raw = self.priors[level](kept).chunk(2, dim=1)
+        loc, raw = self.priors[level](channels_last(kept)).contiguous().chunk(2, dim=1)
         return loc, soft_clamp(raw, PRIOR_SCALE_BOUND)
 
     def _top_prior(self, n: int, context: torch.Tensor | None):
