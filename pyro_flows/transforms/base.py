@@ -12,8 +12,9 @@ is free. The memory is keyed on the identity of ``x`` and ``y`` *and* on the ver
 the parameters, so an in-place update invalidates it: Pyro's own transforms return stale values
 after an optimizer step (pyro-ppl issue 2564). torch's fused optimizers (``Adam(...,
 fused=True)``) write parameters without bumping their version counters, so the key also holds a
-count of every ``torch.optim`` step taken in the process. An update through ``p.data`` bypasses
-both: write parameters under ``torch.no_grad()`` instead.
+count of every ``Optimizer.step`` taken in the process. An update through ``p.data`` or a
+functional optimizer call (``torch.optim.adam.adam(..., fused=True)``) bypasses both: write
+parameters under ``torch.no_grad()`` instead.
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ from torch import nn
 from pyro.distributions.conditional import ConditionalTransformModule
 from pyro.distributions.torch_transform import TransformModule
 from torch.distributions import Transform, constraints
-from torch.optim.optimizer import register_optimizer_step_post_hook
+from torch.optim.optimizer import (
+    register_optimizer_step_post_hook,
+    register_optimizer_step_pre_hook,
+)
 
 __all__ = [
     "Bijector",
@@ -117,11 +121,14 @@ def _param_state(module: nn.Module) -> tuple:
 _optimizer_steps = 0
 
 
-def _count_optimizer_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+def _count_optimizer_step(optimizer: torch.optim.Optimizer, *args: Any) -> None:
     global _optimizer_steps
     _optimizer_steps += 1
 
 
+# Counted before and after: a user's step hooks run between the two, and torch runs a global
+# post-hook after the optimizer's own post-hooks.
+register_optimizer_step_pre_hook(_count_optimizer_step)
 register_optimizer_step_post_hook(_count_optimizer_step)
 
 

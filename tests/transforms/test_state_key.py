@@ -338,3 +338,21 @@ def test_full_batch_training_with_fused_adam():
             opt.step()
         losses[fused] = loss.item()
     assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+
+
+def test_an_optimizer_post_hook_sees_the_updated_parameters():
+    """torch runs an optimizer's own post-hooks before global ones: a value computed there
+    must already reflect the fused step."""
+    torch.manual_seed(0)
+    x = torch.randn(16, 2)
+    flow = pyro_flows.build("realnvp", event_shape=(2,), num_layers=2, hidden_dims=(8,))
+    d = dist.TransformedDistribution(dist.Normal(torch.zeros(2), 1.0).to_event(1), [flow])
+    opt = torch.optim.Adam(flow.parameters(), lr=0.1, fused=True)
+    seen = []
+    opt.register_step_post_hook(lambda *_: seen.append(d.log_prob(x).detach()))
+    d.log_prob(x).mean().backward()
+    before = d.log_prob(x).detach()
+    opt.step()
+    fresh = dist.TransformedDistribution(d.base_dist, [flow.with_cache(0)]).log_prob(x.clone())
+    assert not torch.equal(seen[0], before)
+    assert torch.equal(seen[0], fresh.detach())
