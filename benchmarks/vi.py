@@ -1,6 +1,6 @@
 """Measure the variational-inference targets at full size, by running the examples.
 
-Targets (reported in ``benchmarks/VI.md``):
+Targets (reported in ``benchmarks/RESULTS.md``):
 
 * funnel (10-D): ``AutoFlow``'s k-hat below 0.7 while ``AutoNormal``'s is above 0.7;
 * eight schools (non-centred): ``AutoFlow``'s posterior sd within 10% of NUTS's for every
@@ -10,7 +10,7 @@ Targets (reported in ``benchmarks/VI.md``):
 
 Each target runs its example's ``main`` with full sizes; the PNGs and a ``results.json`` with
 every number go to ``--out``. Expect about 10 minutes for the funnel and eight schools together
-and 40 for the VAE on 2 idle cores::
+and an hour for the VAE (100 epochs of each posterior, one thread) on 2 idle cores::
 
     nohup python benchmarks/vi.py --out vi_bench > vi_bench.log 2>&1 &
     python benchmarks/vi.py --only funnel eight_schools --out vi_bench
