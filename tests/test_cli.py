@@ -94,6 +94,18 @@ def test_bad_input_is_named(argv, message, capsys, tmp_path, monkeypatch):
     assert message in capsys.readouterr().err
 
 
+def test_threads_option(digits_run, capsys):
+    threads = torch.get_num_threads()
+    try:
+        assert main(["evaluate", str(digits_run), "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    with pytest.raises(SystemExit):
+        main(["evaluate", str(digits_run), "--threads", "0"])
+    assert "must be at least 1" in capsys.readouterr().err
+
+
 def test_corrupt_weights_are_reported(toy_run, tmp_path, capsys):
     broken = tmp_path / "broken"
     broken.mkdir()
