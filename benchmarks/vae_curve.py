@@ -15,56 +15,33 @@ IWAE(1000) runs on a fixed random subset of ``--iwae-points`` test images (0: al
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import pyro
 import torch
-from pyro.infer import SVI, Trace_ELBO
 
 from pyro_flows.checkpoint import save_json
-
-
-def load_example():
-    path = Path(__file__).resolve().parent.parent / "examples" / "vae_flow.py"
-    spec = importlib.util.spec_from_file_location("vae_flow", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["vae_flow"] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    return module
+from vi import load_example
 
 
 def train(args: argparse.Namespace) -> None:
-    vf = load_example()
+    vf = load_example("vae_flow")
     seed, marks = args.seed, {int(m) for m in args.at.split(",")}
     sizes = replace(vf.FULL["fashion-mnist"], epochs=args.epochs, iwae_points=args.iwae_points,
                     **({"flow_layers": args.flow_layers} if args.flow_layers else {}))
     train_probs, test_probs, _ = vf.load_images("fashion-mnist", seed=seed)
-    fixed = torch.Generator().manual_seed(seed)  # the example's test binarization and subset
-    test = torch.bernoulli(test_probs, generator=fixed)
-    n = sizes.iwae_points or len(test)
-    iwae_index = torch.randperm(len(test), generator=fixed)[:n].sort().values
-
-    pyro.set_rng_seed(seed)
-    vae = vf.VAE(train_probs.shape[1], sizes, args.posterior)
-    pyro.clear_param_store()
-    svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": sizes.lr}), Trace_ELBO())
-    order = torch.Generator().manual_seed(seed)
+    test, iwae_index = vf.binarized_test_set(test_probs, seed, sizes.iwae_points)
     label = args.posterior + (str(sizes.flow_layers) if args.posterior == "flow" else "")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    log, start = [], time.perf_counter()
-    for epoch in range(1, args.epochs + 1):
-        total = 0.0
-        for idx in torch.randperm(len(train_probs), generator=order).split(sizes.batch_size):
-            total += svi.step(torch.bernoulli(train_probs[idx]))
-        record = {"epoch": epoch, "train_elbo": -total / len(train_probs),
-                  "seconds": time.perf_counter() - start}
+    log = []
+
+    def on_epoch(epoch: int, elbo: float) -> None:
+        record = {"epoch": epoch, "train_elbo": elbo}
         if epoch in marks:
             rng = torch.random.get_rng_state()
             pyro.set_rng_seed(seed + 1)  # as the example does before evaluating
@@ -76,6 +53,10 @@ def train(args: argparse.Namespace) -> None:
                   f"IWAE({sizes.iwae_k}) NLL {record['nll']:.2f}", flush=True)
         log.append(record)
         save_json(log, out / f"{label}.json")
+
+    pyro.set_rng_seed(seed)  # as the example does before building each VAE
+    vae = vf.VAE(train_probs.shape[1], sizes, args.posterior)
+    vf.train(vae, train_probs, sizes, seed, desc=f"{label} VAE", on_epoch=on_epoch)
 
 
 def compare(gaussian: str, flow: str) -> None:

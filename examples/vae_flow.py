@@ -28,7 +28,7 @@ import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import matplotlib
 
@@ -179,9 +179,11 @@ class VAE(nn.Module):
             pyro.sample("z", self.posterior(x))
 
 
-def train(vae: VAE, probs: torch.Tensor, sizes: Sizes, seed: int, desc: str) -> list[float]:
+def train(vae: VAE, probs: torch.Tensor, sizes: Sizes, seed: int, desc: str,
+          on_epoch: Callable[[int, float], None] | None = None) -> list[float]:
     """SVI with Adam on a cleared param store; every batch is binarized afresh. Returns the
-    training ELBO per epoch (nats per image). The batch order depends on ``seed`` alone."""
+    training ELBO per epoch (nats per image). The batch order depends on ``seed`` alone.
+    ``on_epoch(epoch, elbo)`` runs after each epoch (from 1)."""
     pyro.clear_param_store()
     svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": sizes.lr}), Trace_ELBO())
     order = torch.Generator().manual_seed(seed)
@@ -194,7 +196,19 @@ def train(vae: VAE, probs: torch.Tensor, sizes: Sizes, seed: int, desc: str) -> 
             total += svi.step(torch.bernoulli(probs[idx]))
         history.append(-total / len(probs))
         epochs.set_postfix(elbo=f"{history[-1]:.2f}")
+        if on_epoch is not None:
+            on_epoch(len(history), history[-1])
     return history
+
+
+def binarized_test_set(test_probs: torch.Tensor, seed: int,
+                       points: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The test images binarized once with ``seed``, and the sorted indices of the fixed random
+    subset of ``points`` images (all for 0) that IWAE(k) runs on."""
+    fixed = torch.Generator().manual_seed(seed)
+    test = torch.bernoulli(test_probs, generator=fixed)
+    index = torch.randperm(len(test), generator=fixed)[: points or len(test)]
+    return test, index.sort().values
 
 
 @torch.no_grad()
@@ -290,10 +304,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         train_probs, test_probs, shape = load_images(args.data, seed=args.seed)
         if sizes.train_points is not None:
             train_probs = train_probs[: sizes.train_points]
-        fixed = torch.Generator().manual_seed(args.seed)
-        test = torch.bernoulli(test_probs, generator=fixed)
-        n_iwae = sizes.iwae_points or len(test)
-        iwae_index = torch.randperm(len(test), generator=fixed)[:n_iwae].sort().values
+        test, iwae_index = binarized_test_set(test_probs, args.seed, sizes.iwae_points)
         print(f"{args.data}: {len(train_probs)} training images, {len(test)} test images "
               f"(IWAE({sizes.iwae_k}) on {len(iwae_index)} of them)")
 
