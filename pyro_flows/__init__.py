@@ -3,6 +3,7 @@
 import importlib
 
 from . import data, infer, transforms
+from .init import initialize
 from .model import FlowModel
 from .registry import available, build, register
 from .train import fit
@@ -24,6 +25,7 @@ __all__ = [
     "diagnostics",
     "fit",
     "infer",
+    "initialize",
     "register",
     "transforms",
 ]

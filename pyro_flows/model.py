@@ -27,8 +27,8 @@ from torch import nn
 from torch.distributions import ComposeTransform, Transform
 
 from .registry import build, entry
-from .transforms.base import Bijector, check_event_shape
 from .transforms.flows import conditional_vector_flow
+from .transforms.shapes import check_event_shape
 
 __all__ = ["DEQUANTIZATIONS", "FlowModel", "Preprocessing"]
 
@@ -52,16 +52,15 @@ def _pull_back(parts, y: torch.Tensor, event_dim: int) -> tuple[torch.Tensor, to
     """Map data ``y`` through the inverses of ``parts`` (base -> data order) to the base, with
     the summed log-det of the forward maps, in one pass per part.
 
-    ``TransformedDistribution.log_prob`` asks each transform for ``inv`` and then for the
-    log-det, which costs a second pass unless a cache bridges the two; a cache cannot live
-    inside a compiled graph, so pyro-flows' own transforms hand back both at once here.
+    Transforms that keep pyro-flows' protocol hand back both at once (``inverse_and_ladj``);
+    any other torch transform is asked for ``inv`` and then for its log-det.
     """
     ladj = 0
     for t in reversed(parts):
         if isinstance(t, ComposeTransform):
             y, ld = _pull_back(t.parts, y, event_dim)
-        elif isinstance(t, Bijector):
-            y, ld = t._backward(y)
+        elif callable(getattr(t, "inverse_and_ladj", None)):
+            y, ld = t.inverse_and_ladj(y)
         else:
             x = t.inv(y)
             ld = t.log_abs_det_jacobian(x, y)
@@ -202,7 +201,7 @@ class FlowModel(nn.Module):
                  event_shape: int | Sequence[int],
                  preprocessing: Preprocessing | None = None) -> None:
         super().__init__()
-        parts = [transforms] if isinstance(transforms, Transform) else list(transforms)
+        parts = list(transforms) if isinstance(transforms, (list, tuple)) else [transforms]
         if not parts or not all(isinstance(t, Transform) for t in parts):
             got = [type(t).__name__ for t in parts]
             raise TypeError(f"FlowModel needs one or more torch Transforms (a conditional "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from pyro.nn import ConditionalDenseNN, DenseNN
 from torch import nn
@@ -33,10 +35,14 @@ def dense_net(
 ) -> nn.Module:
     """A Pyro MLP (``DenseNN``, or ``ConditionalDenseNN`` with a context) whose last layer is
     zero, returning one tensor per entry of ``param_dims``."""
-    if context_dim:
-        net = ConditionalDenseNN(input_dim, context_dim, list(hidden_dims), param_dims)
-    else:
-        net = DenseNN(input_dim, list(hidden_dims), param_dims)
+    with warnings.catch_warnings():
+        # A coupling of one feature has no conditioning input (input_dim 0): its first layer
+        # is then a bias alone, and torch warns that initializing the empty weight does nothing.
+        warnings.filterwarnings("ignore", "Initializing zero-element tensors is a no-op")
+        if context_dim:
+            net = ConditionalDenseNN(input_dim, context_dim, list(hidden_dims), param_dims)
+        else:
+            net = DenseNN(input_dim, list(hidden_dims), param_dims)
     return zero_last_layer(net)
 
 

@@ -1,7 +1,28 @@
 """The registry: the one module that knows every transform by name.
 
 ``build(name, event_shape=...)`` makes a ready transform for an event shape: ``(D,)`` for
-vectors, ``(C, H, W)`` for images. Third-party packages add transforms without touching
+vectors, ``(C, H, W)`` for images. What each built-in name builds:
+
+==================================  =========================================  ==========================================
+name                                vectors ``(D,)``                           images ``(C, H, W)``
+==================================  =========================================  ==========================================
+``additive_coupling``               :class:`AdditiveCoupling` (half mask)      :class:`AdditiveCoupling` (channel mask)
+``affine_coupling``                 :class:`AffineCoupling` (half mask)        :class:`AffineCoupling` (channel mask)
+``scaling``                         :class:`Scaling`                           :class:`Scaling`
+``actnorm``                         :class:`ActNorm` per feature               :class:`ActNorm` per channel
+``invertible_linear``               :class:`InvertibleLinear`                  --
+``invertible_conv1x1``              --                                         :class:`InvertibleConv1x1`
+``permutation``                     :class:`Permutation`                       --
+``squeeze``                         --                                         :class:`Squeeze`
+``glow_step``                       --                                         :class:`GlowStep`
+``nice``                            :func:`nice`: additive couplings, scaling  :class:`MultiScaleFlow` ``kind="nice"``
+``realnvp``                         :func:`realnvp`: affine couplings          :class:`MultiScaleFlow` ``kind="realnvp"``
+``glow``                            :func:`vector_glow`: Glow steps            :class:`Glow` (multi-scale)
+``conditional_<coupling or flow>``  the conditional twin of the above; ``context_dim`` is required
+==================================  =========================================  ==========================================
+
+(classes from :mod:`pyro_flows.transforms`; the vector flows are Pyro
+``ComposeTransformModule`` s, their twins ``ConditionalComposeTransformModule`` s.) Third-party packages add transforms without touching
 pyro-flows through the entry-point group ``pyro_flows.transforms``: each entry point names either
 a builder ``f(event_shape, **kwargs)`` (registered under the entry point's name; optional
 attributes ``event_dims`` and ``conditional``) or a module that calls :func:`register` when
@@ -18,16 +39,19 @@ from typing import Callable
 from torch.distributions import Transform
 
 from .transforms import (
+    FLOW_KINDS,
     ActNorm,
     AdditiveCoupling,
     AffineCoupling,
     ConditionalAdditiveCoupling,
     ConditionalAffineCoupling,
     ConditionalGlow,
+    ConditionalMultiScaleFlow,
     Glow,
     GlowStep,
     InvertibleConv1x1,
     InvertibleLinear,
+    MultiScaleFlow,
     Permutation,
     Scaling,
     Squeeze,
@@ -123,8 +147,9 @@ def build(name: str, event_shape: int | tuple[int, ...], **kwargs):
         kinds = {VECTOR: "vectors (D,)", IMAGE: "images (C, H, W)"}
         takes = " or ".join(kinds.get(d, f"{d}-D events") for d in e.event_dims)
         raise ValueError(f"transform {name!r} takes {takes}, got event_shape {shape}")
-    if e.conditional:
-        kwargs.setdefault("context_dim", 1)
+    if e.conditional and "context_dim" not in kwargs:
+        raise ValueError(f"{name!r} is conditional: pass the size of its context, e.g. "
+                         f"build({name!r}, event_shape={shape}, context_dim=3)")
     transform = e.builder(shape, **kwargs)
     if not isinstance(transform, Transform) and not hasattr(transform, "condition"):
         raise TypeError(f"builder of {name!r} returned {type(transform).__name__}, not a transform")
@@ -137,13 +162,14 @@ def _by_rank(vector: Callable, image: Callable) -> Callable:
 
 
 def _flow(kind: str, conditional: bool) -> Callable:
-    step_type = kind
     if conditional:
+        image = ConditionalGlow if kind == "glow" else (
+            lambda s, context_dim, **kw: ConditionalMultiScaleFlow(s, context_dim, kind=kind, **kw))
         return _by_rank(
             lambda s, context_dim, **kw: conditional_vector_flow(kind, s[0], context_dim, **kw),
-            lambda s, context_dim, **kw: ConditionalGlow(s, context_dim, step_type=step_type, **kw))
-    return _by_rank(lambda s, **kw: vector_flow(kind, s[0], **kw),
-                    lambda s, **kw: Glow(s, step_type=step_type, **kw))
+            image)
+    image = Glow if kind == "glow" else (lambda s, **kw: MultiScaleFlow(s, kind=kind, **kw))
+    return _by_rank(lambda s, **kw: vector_flow(kind, s[0], **kw), image)
 
 
 register("additive_coupling")(AdditiveCoupling)
@@ -157,6 +183,6 @@ register("squeeze", event_dims=(IMAGE,))(Squeeze)
 register("glow_step", event_dims=(IMAGE,))(GlowStep)
 register("conditional_additive_coupling", conditional=True)(ConditionalAdditiveCoupling)
 register("conditional_affine_coupling", conditional=True)(ConditionalAffineCoupling)
-for _kind in ("nice", "realnvp", "glow"):
+for _kind in FLOW_KINDS:
     register(_kind)(_flow(_kind, conditional=False))
     register(f"conditional_{_kind}", conditional=True)(_flow(_kind, conditional=True))

@@ -25,6 +25,7 @@ from torch.utils.data import Dataset, IterableDataset
 from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, rng_state, save_torch, set_rng_state
+from .init import initialize
 
 __all__ = ["CHECKPOINT_NAME", "History", "adam", "fit", "linear_warmup"]
 
@@ -392,12 +393,13 @@ def fit(
                                   "continue that run or overwrite=True to replace it")
         if world > 1:
             _broadcast_state(model)
-        # Data-dependent initializations (ActNorm) happen in this first forward, on the first
-        # global batch with every rank taking part, before DDP starts syncing gradients.
+        # Data-dependent initializations (ActNorm) on the first global batch, every rank taking
+        # part, before DDP starts syncing gradients.
         peek = torch.Generator().set_state(state.order.get_state())
         first = torch.randperm(train.size, generator=peek)[:batch_size].tensor_split(world)[rank]
+        x = train.batch(first, like)
+        initialize(model, x)
         with torch.no_grad():
-            x = train.batch(first, like)
             _checked(model.log_prob(x), x)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,6 @@
-"""The contract every registered transform keeps, checked in float64 after perturbing the
-parameters (identity-initialized layers would pass trivially otherwise)."""
+"""The contract every registered transform keeps (plugins too: ``tests/plugin.py``), checked in
+float64 after perturbing the parameters (identity-initialized layers would pass trivially
+otherwise), and Pyro's own transform checks straight after ``build``."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import pyro.distributions as dist
 
 import pyro_flows
 from pyro_flows.registry import entry
-from pyro_flows.transforms import skip_data_init
 
 from helpers import perturb
 
@@ -67,7 +67,7 @@ class Case:
         if self.conditional:
             kwargs["context_dim"] = CONTEXT_DIM
         module = pyro_flows.build(self.name, self.shape, **kwargs).double()
-        return perturb(skip_data_init(module), scale=0.2, seed=1)
+        return perturb(module, scale=0.2, seed=1)
 
     def transform(self, module, context=None):
         if not self.conditional:
@@ -154,53 +154,110 @@ def test_train_and_eval_agree(case):
     assert torch.equal(case.t(x.clone()), y_train)
 
 
-def test_no_stale_cache_after_an_optimizer_step(case):
-    """Pyro issue 2564: the same input after a parameter update must give a new output."""
-    x = case.x(4)
-    y_before = case.t(x)
-    with torch.no_grad():
-        for p in case.module.parameters():
-            p.add_(0.05)
-    y_after = case.t(x)
-    fresh = case.t.with_cache(0)(x.clone())
-    assert torch.equal(y_after, fresh)
-    if any(True for _ in case.module.parameters()):
-        assert not torch.equal(y_after, y_before)
+def _log_prob(case, data):
+    base = dist.Normal(torch.zeros(case.shape, dtype=torch.float64), 1.0).to_event(len(case.shape))
+    return dist.TransformedDistribution(base, [case.t]).log_prob(data)
 
 
-def _fused_adam_step(module):
-    """An optimizer step that changes every parameter without bumping its version counter, as
-    torch's fused Adam does."""
-    params = [p for p in module.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=0.05, fused=True)
-    for p in params:
-        p.grad = torch.ones_like(p)
-    versions = [p._version for p in params]
-    opt.step()
-    assert [p._version for p in params] == versions  # the case this test is about
+def _twin(case):
+    """A separately built transform to hold copies of ``case``'s parameters."""
+    twin = Case(case.name, case.shape, case.kwargs, seed=7)
+    twin.context = case.context
+    twin.t = twin.transform(twin.module)
+    return twin
 
 
-@pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])
-def test_no_stale_cache_after_a_fused_optimizer_step(case, grad):
-    """Every kind of reuse the cache allows must notice an update that version counters miss:
-    the same input again in either direction, and the inverse of a flow's own output."""
-    if not any(True for _ in case.module.parameters()):
-        pytest.skip("no parameters")
-    x = case.x(4)
-    with torch.set_grad_enabled(grad):
-        y = case.t(x)
-        x_back = case.t.inv(y.detach())
-        _fused_adam_step(case.module)
-        fresh = case.t.with_cache(0)
-        y_again, x_again = case.t(x), case.t.inv(y.detach())
-        assert torch.equal(y_again, fresh(x.clone()))
-        assert torch.equal(x_again, fresh.inv(y.detach().clone()))
-        assert not torch.equal(y_again, y) and not torch.equal(x_again, x_back)
-        own = case.t(x)
-        assert case.t.inv(own) is x  # a legitimate cache hit: the output was just computed
-        _fused_adam_step(case.module)
-        x_stale = case.t.inv(own)
-        assert torch.equal(x_stale, case.t.with_cache(0).inv(own.detach().clone()))
+def _plain_step(module):
+    torch.optim.SGD(module.parameters(), lr=1e-3).step()
+
+
+def _optimizer_step(kind):
+    def step(module):
+        opt = torch.optim.Adam(module.parameters(), lr=0.05, **{kind: True})
+        opt.step()
+    return step
+
+
+def _load_state_dict(module):
+    params = dict(module.named_parameters())
+    module.load_state_dict({k: v + 0.05 if k in params else v
+                            for k, v in module.state_dict().items()})
+
+
+def _data_write(module):
+    for p in module.parameters():
+        p.data = p.data + 0.05
+
+
+UPDATES = {"sgd": _plain_step, "adam-foreach": _optimizer_step("foreach"),
+           "adam-fused": _optimizer_step("fused"), "load_state_dict": _load_state_dict,
+           "p.data": _data_write}
+
+
+def test_log_prob_of_the_same_data_is_never_stale(case):
+    """Pyro issue 2564: after any kind of parameter update (plain, foreach and fused optimizer
+    steps, ``load_state_dict``, a ``p.data`` write), scoring the same data tensor again gives
+    what a separately built transform holding the new parameters gives."""
+    if not list(case.module.parameters()):
+        pytest.skip(f"{case.name} has no parameters")
+    data = torch.randn((4,) + case.out_shape, dtype=torch.float64)
+    twin = _twin(case)
+    for name, update in UPDATES.items():
+        before = _log_prob(case, data)
+        for p in case.module.parameters():  # small, sure to move every parameter
+            p.grad = torch.full_like(p, 0.01)
+        update(case.module)
+        after = _log_prob(case, data)
+        twin.module.load_state_dict(case.module.state_dict())
+        assert torch.equal(after, _log_prob(twin, data.clone())), name
+        assert not torch.equal(after, before), name
+
+
+def test_functional_call_is_never_served_a_stale_result(case):
+    if case.conditional or not list(case.module.parameters()):
+        pytest.skip("functional_call needs an unconditional transform with parameters")
+    x = case.x(3)
+    y = case.t(x)
+    moved = {k: v.detach() + 0.05 for k, v in case.module.named_parameters()}
+    y_moved = torch.func.functional_call(case.module, moved, (x,))
+    twin = _twin(case).module
+    twin.load_state_dict({**case.module.state_dict(), **moved})
+    # Values, not bits: the swapped-in tensors need not share the parameters' memory layout.
+    assert torch.allclose(y_moved, twin(x.clone()), rtol=1e-12, atol=1e-12)
+    assert not torch.equal(y_moved, y)
+    assert torch.equal(case.t(x), y)  # the module's own parameters again, not the swapped ones
+
+
+def _protocol_parts(module):
+    """The objects whose protocol methods run: the parts of a Pyro composition, the flow inside
+    a conditional twin."""
+    parts = getattr(module, "transforms", None) or getattr(module, "parts", None) or [module]
+    parts = [getattr(p, "transform", p) for p in parts]  # Pyro's ConstantConditionalTransform
+    return [getattr(p, "flow", p) for p in parts]
+
+
+def test_each_transform_runs_once_per_log_prob(case):
+    """``TransformedDistribution.log_prob`` asks for ``inv`` and then the log-det: the triple
+    the transform just produced serves the second question."""
+    calls = []
+    for i, part in enumerate(_protocol_parts(case.module)):
+        for name in ("call_and_ladj", "inverse_and_ladj"):
+            method = getattr(part, name)
+            counted = lambda *a, _m=method, _c=(i, name), **k: (calls.append(_c), _m(*a, **k))[1]
+            setattr(part, name, counted)
+    case.t = case.transform(case.module)
+    _log_prob(case, torch.randn((5,) + case.out_shape, dtype=torch.float64))
+    n = len(_protocol_parts(case.module))
+    assert sorted(calls) == [(i, "inverse_and_ladj") for i in range(n)]
+
+
+def test_a_guide_scores_its_own_draw_without_a_second_pass(case):
+    base = dist.Normal(torch.zeros(case.shape, dtype=torch.float64), 1.0).to_event(len(case.shape))
+    d = dist.TransformedDistribution(base, [case.t])
+    y = d.rsample((4,))
+    for part in _protocol_parts(case.module):
+        part.inverse_and_ladj = part.call_and_ladj = None  # any second pass would fail
+    assert d.log_prob(y).shape == (4,)
 
 
 def _outputs(case, module):
@@ -258,3 +315,61 @@ def test_device_follows_the_module_to_cuda(case):
     t = case.transform(module, context)
     x = case.x(3).cuda()
     assert torch.allclose(t.inv(t(x).clone()), x, atol=1e-8)
+
+
+def _straight_after_build(name, shape, kwargs):
+    """A fresh float32 transform, exactly as ``build`` returns it (no perturbation, no data
+    initialization), conditioned when it is conditional."""
+    torch.manual_seed(0)
+    conditional = entry(name).conditional
+    module = pyro_flows.build(name, shape, **kwargs, **({"context_dim": CONTEXT_DIM}
+                                                        if conditional else {}))
+    return module, module.condition(torch.randn(CONTEXT_DIM)) if conditional else module
+
+
+@pytest.mark.parametrize("spec", CASES)
+def test_pyro_transform_checks_hold_straight_after_build(spec):
+    """The checks of Pyro's ``TransformTests`` (inverse, shape, Jacobian, autodiff), written
+    here, on the first calls of a fresh transform (issue 9: ActNorm used to rewrite itself in
+    its first data-direction call)."""
+    module, t = _straight_after_build(*spec)
+    shape = spec[1]
+    x = torch.randn(10, *shape)
+    # Inverse: _call then _inverse, never through a cache; the log-det agrees at both points.
+    y = t._call(x)
+    x_calculated = t._inverse(y)
+    assert (x - x_calculated).abs().max() < 1e-4
+    assert torch.allclose(t.log_abs_det_jacobian(x_calculated, y), t.log_abs_det_jacobian(x, y),
+                          atol=1e-4)
+    # The issue's repro: the data direction first, on a clone, from the very first call.
+    fresh_module, fresh = _straight_after_build(*spec)
+    assert (fresh.inv(fresh(x).clone()) - x).abs().max() < 1e-4
+    # Shape.
+    assert t(x).shape == (10, *tuple(t.forward_shape(shape)))
+    # Jacobian against autograd, one example.
+    x1 = torch.randn(*shape)
+    jac = torch.autograd.functional.jacobian(lambda v: t._call(v.reshape(shape)).reshape(-1),
+                                             x1.reshape(-1))
+    assert torch.allclose(torch.linalg.slogdet(jac)[1], t.log_abs_det_jacobian(x1, t._call(x1)),
+                          atol=1e-3)
+    # Autodiff: a loss through both directions reaches the input and every parameter.
+    xg = torch.randn(4, *shape, requires_grad=True)
+    yg = t(xg)
+    (yg.square().sum() + t.log_abs_det_jacobian(xg, yg).sum() + t.inv(yg.detach() + 1).sum()
+     ).backward()
+    assert xg.grad is not None and torch.isfinite(xg.grad).all()
+    for pname, p in module.named_parameters():
+        assert p.grad is None or torch.isfinite(p.grad).all(), pname
+
+
+@pytest.mark.parametrize("name", [n for n in pyro_flows.available() if entry(n).conditional])
+def test_fresh_conditional_round_trip_inside_pyros_conditional_composition(name):
+    from pyro.distributions.conditional import ConditionalComposeTransformModule
+
+    shape = VECTOR if 1 in entry(name).event_dims else IMAGE
+    small = SMALL.get(name.removeprefix("conditional_"), {}) if shape == IMAGE else {}
+    flow = ConditionalComposeTransformModule(
+        [pyro_flows.build(name, shape, context_dim=CONTEXT_DIM, **small)], cache_size=1)
+    t = flow.condition(torch.randn(CONTEXT_DIM))
+    x = torch.randn(6, *shape)
+    assert (t.inv(t(x).clone()) - x).abs().max() < 1e-4

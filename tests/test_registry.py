@@ -17,6 +17,7 @@ from pyro_flows.transforms import (
     ConditionalAffineCoupling,
     ConditionalGlow,
     Glow,
+    MultiScaleFlow,
     Scaling,
 )
 
@@ -65,7 +66,7 @@ def test_build_passes_keyword_arguments_by_event_rank():
     image = pyro_flows.build("glow", event_shape=(1, 8, 8), levels=2, steps=1, hidden_channels=4)
     assert isinstance(image, Glow) and len(image.levels) == 2
     nice = pyro_flows.build("nice", event_shape=(1, 4, 4), levels=1, steps=1, hidden_channels=4)
-    assert isinstance(nice, Glow) and type(nice.levels[0][0]).__name__ == "AdditiveCoupling"
+    assert isinstance(nice, MultiScaleFlow) and nice.kind == "nice" and type(nice.levels[0][0]).__name__ == "AdditiveCoupling"
     assert isinstance(pyro_flows.build("actnorm", event_shape=(2, 4, 4)), ActNorm)
 
 
@@ -73,9 +74,17 @@ def test_conditional_names_take_a_context_dim():
     t = pyro_flows.build("conditional_affine_coupling", event_shape=(4,), context_dim=3)
     assert isinstance(t, ConditionalAffineCoupling) and t.context_dim == 3
     assert t.condition(torch.zeros(3))(torch.zeros(2, 4)).shape == (2, 4)
-    g = pyro_flows.build("conditional_glow", event_shape=(1, 4, 4), levels=1, steps=1,
-                         hidden_channels=4)
-    assert isinstance(g, ConditionalGlow) and g.context_dim == 1
+    g = pyro_flows.build("conditional_glow", event_shape=(1, 4, 4), context_dim=2, levels=1,
+                         steps=1, hidden_channels=4)
+    assert isinstance(g, ConditionalGlow) and g.context_dim == 2
+
+
+@pytest.mark.parametrize("name", ["conditional_affine_coupling", "conditional_realnvp",
+                                  "conditional_glow"])
+def test_conditional_names_without_a_context_dim_are_refused(name):
+    """Issue 9: build("conditional_*") used to set context_dim=1 quietly."""
+    with pytest.raises(ValueError, match="context_dim"):
+        pyro_flows.build(name, event_shape=(4,))
 
 
 def test_duplicate_registration_is_rejected_unless_replacing(isolated_registry):

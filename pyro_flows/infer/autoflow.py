@@ -14,7 +14,6 @@ permutations (RealNVP) or a random rotation (Glow's invertible linear layer), so
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable
 
 import pyro
@@ -34,8 +33,8 @@ from torch import nn
 from torch.distributions import biject_to
 
 from ..registry import build, entry
-from ..transforms import Bijector, skip_data_init
-from ..transforms.base import check_event_shape
+from ..transforms import Bijector
+from ..transforms.shapes import check_event_shape
 
 __all__ = ["AutoFlow", "build_guide_flow"]
 
@@ -54,18 +53,13 @@ class _FixedLinear(Bijector):
         self.register_buffer("weight_inv", weight_inv)
         self.register_buffer("log_det", torch.linalg.slogdet(weight)[1])
 
-    def _forward(self, x: torch.Tensor, context: torch.Tensor | None = None):
+    def call_and_ladj(self, x: torch.Tensor, context: torch.Tensor | None = None):
         check_event_shape(self, x, self.weight.shape[:1])
         return x @ self.weight, self.log_det.expand(x.shape[:-1])
 
-    def _backward(self, y: torch.Tensor, context: torch.Tensor | None = None):
+    def inverse_and_ladj(self, y: torch.Tensor, context: torch.Tensor | None = None):
         check_event_shape(self, y, self.weight.shape[:1])
         return y @ self.weight_inv, self.log_det.expand(y.shape[:-1])
-
-
-def _takes(builder: Callable, name: str) -> bool:
-    params = inspect.signature(builder).parameters.values()
-    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
 
 
 def _unmixing(name: str, flow, dim: int, context_dim: int, like: torch.Tensor) -> _FixedLinear:
@@ -94,9 +88,10 @@ def build_guide_flow(name: str, dim: int, context_dim: int = 0, like: torch.Tens
     """A registered vector flow ``name`` on ``(dim,)``, ready to refine a Gaussian guide: it is
     exactly the identity at initialization and never initializes an ActNorm from data.
 
-    Builds ``name`` (``"conditional_" + kind`` when ``context_dim > 0``) with ``data_init=False``
-    when its builder takes it, from the fixed seed ``FLOW_SEED`` without touching the global RNG,
-    on ``like``'s dtype and device, and precedes it with the inverse of its initial mixing.
+    Builds ``name`` (``"conditional_" + kind`` when ``context_dim > 0``) from the fixed seed
+    ``FLOW_SEED`` without touching the global RNG, on ``like``'s dtype and device, and precedes
+    it with the inverse of its initial mixing. Its ActNorms stay the identity they are built
+    as: a guide never initializes from its own draws.
 
     :param name: a registered flow name, e.g. ``"realnvp"`` or ``"conditional_glow"``.
     :param dim: the size of the vectors the flow acts on.
@@ -115,18 +110,11 @@ def build_guide_flow(name: str, dim: int, context_dim: int = 0, like: torch.Tens
     if e.conditional != bool(context_dim):
         want = "a conditional flow with context_dim > 0" if e.conditional else "context_dim=0"
         raise ValueError(f"flow {name!r} needs {want}, got context_dim={context_dim}")
-    if "data_init" in kwargs:
-        raise ValueError("a guide flow never initializes ActNorm from data (its only inputs are "
-                         "its own draws); do not pass data_init")
-    if _takes(e.builder, "data_init"):
-        kwargs["data_init"] = False
     if context_dim:
         kwargs["context_dim"] = context_dim
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(FLOW_SEED)
         flow = build(name, event_shape=(dim,), **kwargs)
-    # A plugin builder may not take data_init; mark its ActNorms initialized all the same.
-    skip_data_init(flow)
     like = torch.empty(0) if like is None else like
     flow.to(dtype=like.dtype, device=like.device)
     unmix = _unmixing(name, flow, dim, context_dim, like)

@@ -1,8 +1,9 @@
 """Every pyro-flows transform: a Pyro ``TransformModule`` (or ``ConditionalTransformModule``)
 per concept, each with its lower-case factory."""
 
-from .actnorm import ActNorm, actnorm, skip_data_init
+from .actnorm import ActNorm, actnorm
 from .base import Bijector, ConditionalBijector, ConditionedTransform
+from .chain import Chain
 from .coupling import (
     AdditiveCoupling,
     AffineCoupling,
@@ -13,13 +14,34 @@ from .coupling import (
     conditional_additive_coupling,
     conditional_affine_coupling,
 )
-from .flows import conditional_vector_flow, nice, realnvp, vector_flow, vector_glow
-from .glow import Chain, ConditionalGlow, Glow, GlowStep, conditional_glow, glow, glow_step
+from .flows import (
+    conditional_nice,
+    conditional_realnvp,
+    conditional_vector_flow,
+    conditional_vector_glow,
+    nice,
+    realnvp,
+    vector_flow,
+    vector_glow,
+)
+from .glow import GlowStep, glow_step
+from .kinds import FLOW_KINDS
 from .linear import InvertibleConv1x1, InvertibleLinear, invertible_conv1x1, invertible_linear
-from .reshape import Permutation, Squeeze, permutation, squeeze
+from .multiscale import (
+    ConditionalGlow,
+    ConditionalMultiScaleFlow,
+    Glow,
+    MultiScaleFlow,
+    conditional_glow,
+    conditional_multiscale_flow,
+    glow,
+    multiscale_flow,
+)
+from .reshape import Permutation, Squeeze, permutation, permute, squeeze
 from .scaling import Scaling, scaling
 
 __all__ = [
+    "FLOW_KINDS",
     "ActNorm",
     "AdditiveCoupling",
     "AffineCoupling",
@@ -29,11 +51,13 @@ __all__ = [
     "ConditionalAffineCoupling",
     "ConditionalBijector",
     "ConditionalGlow",
+    "ConditionalMultiScaleFlow",
     "ConditionedTransform",
     "Glow",
     "GlowStep",
     "InvertibleConv1x1",
     "InvertibleLinear",
+    "MultiScaleFlow",
     "Permutation",
     "Scaling",
     "Squeeze",
@@ -43,16 +67,21 @@ __all__ = [
     "conditional_additive_coupling",
     "conditional_affine_coupling",
     "conditional_glow",
+    "conditional_multiscale_flow",
+    "conditional_nice",
+    "conditional_realnvp",
     "conditional_vector_flow",
+    "conditional_vector_glow",
     "glow",
     "glow_step",
     "invertible_conv1x1",
     "invertible_linear",
+    "multiscale_flow",
     "nice",
     "permutation",
+    "permute",
     "realnvp",
     "scaling",
-    "skip_data_init",
     "squeeze",
     "vector_flow",
     "vector_glow",

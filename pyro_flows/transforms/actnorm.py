@@ -1,15 +1,20 @@
-"""Activation normalization (Glow): a per-feature (vectors) or per-channel (images) affine map
-whose parameters are initialized from the first batch of data."""
+"""Activation normalization (Glow): a per-feature (vectors) or per-channel (images) affine map,
+the identity until it is initialized on purpose from data (:func:`pyro_flows.initialize`)."""
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
-import torch.distributed as dist
 from torch import nn
 
-from .base import Bijector, as_event_shape, check_event_shape
+from .base import Bijector
+from .shapes import as_event_shape, check_event_shape
 
-__all__ = ["ActNorm", "actnorm", "skip_data_init"]
+__all__ = ["ActNorm", "actnorm"]
+
+# ``(layer, y) -> (loc, log_scale)``: statistics of the data reaching ``layer``.
+Statistics = Callable[["ActNorm", torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 class ActNorm(Bijector):
@@ -17,100 +22,66 @@ class ActNorm(Bijector):
 
     Kingma & Dhariwal, "Glow: Generative Flow with Invertible 1x1 Convolutions", NeurIPS 2018.
 
-    The first time the layer runs in the data -> latent direction (``inv``, as in
-    ``log_prob``) it sets ``loc``/``log_scale`` so that its output on that batch has zero mean and
-    unit variance per feature/channel. Under ``torch.distributed`` the statistics are those of
-    the global batch, so every rank initializes identically. A feature/channel with zero
-    variance keeps unit scale (its output is zero, never infinite). The ``initialized`` flag is a
-    buffer: a reloaded layer is not initialized again.
-
-    Sampling never initializes: an uninitialized layer is the identity. That is what a
-    variational guide needs (it only samples); pass ``data_init=False`` there, or call
-    :meth:`initialize` with data explicitly.
+    A new layer is the identity, or normalizes data of the given ``mean`` and ``std``. Glow's
+    data-dependent initialization (zero mean and unit variance on a first batch) is one explicit
+    act, :func:`pyro_flows.initialize`; no call of the layer ever changes its parameters. The
+    ``initialized`` buffer records that it happened, so a reloaded layer is not initialized again.
 
     :param event_shape: ``D``/``(D,)`` or ``(C, H, W)``.
-    :param data_init: initialize from the first data batch (otherwise start as the identity).
+    :param mean: per-feature/channel mean of the data the layer will normalize (optional).
+    :param std: per-feature/channel standard deviation of that data (optional).
 
-    >>> import torch
+    >>> import torch, pyro_flows
     >>> t = ActNorm(3)
-    >>> z = t.inv(5 + 2 * torch.randn(1000, 3))   # initializes on this batch
+    >>> data = 5 + 2 * torch.randn(1000, 3)
+    >>> bool(torch.equal(t.inv(data), data))   # the identity until initialized
+    True
+    >>> z = pyro_flows.initialize(t, data).inv(data)
     >>> bool(z.mean(0).abs().max() < 1e-4), bool((z.std(0) - 1).abs().max() < 1e-2)
     (True, True)
     """
 
-    def __init__(self, event_shape: int | tuple[int, ...], data_init: bool = True) -> None:
+    def __init__(self, event_shape: int | tuple[int, ...], mean: torch.Tensor | None = None,
+                 std: torch.Tensor | None = None) -> None:
         self.event_shape = as_event_shape(event_shape)
         super().__init__(event_dim=len(self.event_shape))
         image = len(self.event_shape) == 3
         shape = (self.event_shape[0], 1, 1) if image else self.event_shape
         self.pixels = self.event_shape[1] * self.event_shape[2] if image else 1
-        self.loc = nn.Parameter(torch.zeros(shape))
-        self.log_scale = nn.Parameter(torch.zeros(shape))
-        self.register_buffer("initialized", torch.tensor(not data_init))
-        # A Python mirror of the buffer: branching on it needs no host sync and does not break
-        # a compiled graph.
-        self._initialized = not data_init
+        loc = torch.zeros(shape) if mean is None else torch.as_tensor(mean).reshape(shape)
+        scale = torch.ones(shape) if std is None else torch.as_tensor(std).reshape(shape)
+        if not (scale > 0).all():
+            raise ValueError("std must be positive")
+        self.loc = nn.Parameter(loc.to(torch.get_default_dtype()).clone())
+        self.log_scale = nn.Parameter(scale.log().to(torch.get_default_dtype()))
+        self.register_buffer("initialized", torch.tensor(mean is not None or std is not None))
+        # Set by pyro_flows.initialize for the length of its one statistics pass, else None.
+        self.statistics: Statistics | None = None
 
-    def _ladj(self, x: torch.Tensor) -> torch.Tensor:
+    def _ladj(self, x: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
         batch = x.shape[: x.dim() - len(self.event_shape)]
-        return (self.log_scale.sum() * self.pixels).expand(batch)
+        return (log_scale.sum() * self.pixels).expand(batch)
 
-    def _forward(self, x: torch.Tensor, context: torch.Tensor | None = None):
+    def call_and_ladj(self, x: torch.Tensor, context: torch.Tensor | None = None):
         check_event_shape(self, x, self.event_shape)
-        return x * torch.exp(self.log_scale) + self.loc, self._ladj(x)
+        return x * torch.exp(self.log_scale) + self.loc, self._ladj(x, self.log_scale)
 
-    def _backward(self, y: torch.Tensor, context: torch.Tensor | None = None):
+    def inverse_and_ladj(self, y: torch.Tensor, context: torch.Tensor | None = None):
         check_event_shape(self, y, self.event_shape)
-        if not self._initialized:
-            self.initialize(y)
-        return (y - self.loc) * torch.exp(-self.log_scale), self._ladj(y)
+        loc, log_scale = self.loc, self.log_scale
+        if self.statistics is not None:  # inside pyro_flows.initialize: normalize this data
+            loc, log_scale = self.statistics(self, y)
+        return (y - loc) * torch.exp(-log_scale), self._ladj(y, log_scale)
 
-    @torch.no_grad()
-    def initialize(self, data: torch.Tensor) -> None:
-        """Set ``loc``/``log_scale`` so that ``inv(data)`` has zero mean, unit variance."""
+    def channels(self, data: torch.Tensor) -> torch.Tensor:
+        """``data`` as rows of features: ``(N, D)``, or one row per pixel ``(N*H*W, C)``."""
         check_event_shape(self, data, self.event_shape)
         c = self.event_shape[0]
         if len(self.event_shape) == 3:
-            flat = data.reshape(-1, c, self.pixels).transpose(1, 2).reshape(-1, c)
-        else:
-            flat = data.reshape(-1, c)
-        # Two passes (mean, then centred squares): E[x^2] - E[x]^2 loses the variance of
-        # data far from zero to cancellation.
-        count = flat.new_full((c,), float(flat.shape[0]))
-        sums = torch.stack([count, flat.sum(0)])
-        distributed = dist.is_available() and dist.is_initialized()
-        if distributed:
-            dist.all_reduce(sums)
-        mean = sums[1] / sums[0]
-        squares = (flat - mean).square().sum(0)
-        if distributed:
-            dist.all_reduce(squares)
-        var = squares / sums[0]
-        std = torch.where(var > 1e-12, var.sqrt(), torch.ones_like(var))
-        self.loc.copy_(mean.reshape(self.loc.shape))
-        self.log_scale.copy_(std.log().reshape(self.log_scale.shape))
-        self.mark_initialized()
-
-    def mark_initialized(self) -> None:
-        """Keep the current parameters and never initialize from data."""
-        self.initialized.fill_(True)
-        self._initialized = True
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        if self.initialized.device.type != "meta":
-            self._initialized = bool(self.initialized)
+            return data.reshape(-1, c, self.pixels).transpose(1, 2).reshape(-1, c)
+        return data.reshape(-1, c)
 
 
-def skip_data_init(module: nn.Module) -> nn.Module:
-    """Mark every :class:`ActNorm` inside ``module`` as initialized (identity start), as a
-    variational guide, which only samples, needs."""
-    for m in module.modules():
-        if isinstance(m, ActNorm):
-            m.mark_initialized()
-    return module
-
-
-def actnorm(event_shape, **kwargs) -> ActNorm:
-    """Factory for :class:`ActNorm` (Pyro style)."""
-    return ActNorm(event_shape, **kwargs)
+def actnorm(input_dim: int | tuple[int, ...], **kwargs) -> ActNorm:
+    """Factory for :class:`ActNorm` (Pyro style): ``input_dim`` is ``D`` or ``(C, H, W)``."""
+    return ActNorm(input_dim, **kwargs)

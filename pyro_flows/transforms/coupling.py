@@ -17,7 +17,9 @@ from __future__ import annotations
 import torch
 
 from ..nn import ConvNet, dense_net, soft_clamp
-from .base import Bijector, ConditionalBijector, as_event_shape, check_event_shape
+from .base import Bijector, ConditionalBijector
+from .memory import rebuild_by_inversion
+from .shapes import as_event_shape, check_event_shape
 
 __all__ = [
     "AdditiveCoupling",
@@ -54,6 +56,7 @@ class _Coupling(Bijector):
         hidden_channels: int = 64,
         context_dim: int = 0,
         residual: bool = False,
+        split_dim: int | None = None,
     ) -> None:
         self.event_shape = as_event_shape(event_shape)
         super().__init__(event_dim=len(self.event_shape))
@@ -76,12 +79,21 @@ class _Coupling(Bijector):
             return
         self.split_dim = -3 if image else -1
         n = self.event_shape[0]
-        if n < 2:
-            what = "channels" if image else "features"
-            raise ValueError(f"a {mask!r} mask needs at least 2 {what}, got event shape "
-                             f"{self.event_shape}")
+        if image and n < 2:
+            raise ValueError(f"a 'channel' mask needs at least 2 channels, got event shape "
+                             f"{self.event_shape}; use mask='checkerboard'")
+        if split_dim is not None and (image or mask != "half" or not 0 <= split_dim < n):
+            raise ValueError(f"split_dim (features that condition) applies to the 'half' mask "
+                             f"of vectors and must be in [0, {n}), got {split_dim}")
         idx = torch.arange(n)
-        first = idx % 2 == 0 if mask == "parity" else idx < (n + 1) // 2
+        if n == 1:
+            # One feature: the conditioner sees only the context (or nothing), which makes the
+            # layer a learned elementwise affine map. swap has nothing to exchange.
+            first, swap = idx < 0, False
+        elif mask == "parity":
+            first = idx % 2 == 0
+        else:
+            first = idx < ((n + 1) // 2 if split_dim is None else split_dim)
         cond, trans = (idx[~first], idx[first]) if swap else (idx[first], idx[~first])
         self.register_buffer("cond_index", cond)
         self.register_buffer("trans_index", trans)
@@ -136,7 +148,7 @@ class _Coupling(Bijector):
     def _sum_event(self, t: torch.Tensor) -> torch.Tensor:
         return t.sum(dim=tuple(range(-len(self.event_shape), 0)))
 
-    def _forward(self, x: torch.Tensor, context: torch.Tensor | None = None):
+    def call_and_ladj(self, x: torch.Tensor, context: torch.Tensor | None = None):
         x, context = self._broadcast(x, context)
         if self.checkerboard:
             params = [p * (1 - self.pixel_mask) for p in self._params(x * self.pixel_mask, context)]
@@ -147,7 +159,7 @@ class _Coupling(Bijector):
         zero = x.new_zeros(x.shape[: x.dim() - len(self.event_shape)])
         return self._merge(x1, y2), self._sum_event(ladj) if ladj is not None else zero
 
-    def _backward(self, y: torch.Tensor, context: torch.Tensor | None = None):
+    def inverse_and_ladj(self, y: torch.Tensor, context: torch.Tensor | None = None):
         y, context = self._broadcast(y, context)
         if self.checkerboard:
             params = [p * (1 - self.pixel_mask) for p in self._params(y * self.pixel_mask, context)]
@@ -158,11 +170,12 @@ class _Coupling(Bijector):
         zero = y.new_zeros(y.shape[: y.dim() - len(self.event_shape)])
         return self._merge(y1, x2), self._sum_event(ladj) if ladj is not None else zero
 
-    def _rebuild(self, out: torch.Tensor, context: torch.Tensor | None, inverse: bool):
+    def rebuild(self, out: torch.Tensor, context: torch.Tensor | None, inverse: bool):
+        """For memory-saving backprop (:func:`~pyro_flows.transforms.memory.rebuild`): the
+        conditioning half passes through unchanged, so one conditioner evaluation serves both
+        to rebuild the transformed half and to rerun the layer with a graph."""
         if self.checkerboard:
-            return super()._rebuild(out, context, inverse)
-        # The conditioning half passes through unchanged, so one conditioner evaluation serves
-        # both to rebuild the transformed half and to rerun the layer with a graph.
+            return rebuild_by_inversion(self, out, context, inverse)
         o1, o2 = self._split(out)
         x1 = o1.detach().requires_grad_()
         with torch.enable_grad():
@@ -249,7 +262,9 @@ class AffineCoupling(_Coupling):
 
 
 class ConditionalAdditiveCoupling(ConditionalBijector):
-    """:class:`AdditiveCoupling` whose conditioner also sees a context vector.
+    """:class:`AdditiveCoupling` whose conditioner also sees a context vector; keyword
+    arguments as for :class:`AdditiveCoupling`. With one feature the conditioner sees only the
+    context.
 
     >>> import torch
     >>> t = ConditionalAdditiveCoupling(4, context_dim=3)
@@ -262,7 +277,8 @@ class ConditionalAdditiveCoupling(ConditionalBijector):
 
 
 class ConditionalAffineCoupling(ConditionalBijector):
-    """:class:`AffineCoupling` whose conditioner also sees a context vector.
+    """:class:`AffineCoupling` whose conditioner also sees a context vector; keyword arguments
+    as for :class:`AffineCoupling`. With one feature the conditioner sees only the context.
 
     >>> import torch
     >>> t = ConditionalAffineCoupling((2, 4, 4), context_dim=3)
@@ -274,21 +290,58 @@ class ConditionalAffineCoupling(ConditionalBijector):
         super().__init__(AffineCoupling(event_shape, context_dim=context_dim, **kwargs), context_dim)
 
 
-def additive_coupling(event_shape, **kwargs) -> AdditiveCoupling:
-    """Factory for :class:`AdditiveCoupling` (Pyro style)."""
-    return AdditiveCoupling(event_shape, **kwargs)
+def _coupling_options(input_dim, hidden_dims, split_dim, dim, kwargs) -> dict:
+    """Pyro's factory arguments as this package's: ``dim`` must be the last one (images are
+    given by their ``(C, H, W)`` shape instead)."""
+    if dim != -1:
+        raise ValueError(f"dim={dim} is not supported: vectors couple along their last "
+                         "dimension; for images pass input_dim=(C, H, W)")
+    if hidden_dims is not None:
+        kwargs["hidden_dims"] = hidden_dims
+    if split_dim is not None:
+        kwargs["split_dim"] = split_dim
+    return kwargs
 
 
-def affine_coupling(event_shape, **kwargs) -> AffineCoupling:
-    """Factory for :class:`AffineCoupling` (Pyro style)."""
-    return AffineCoupling(event_shape, **kwargs)
+def additive_coupling(input_dim, hidden_dims=None, split_dim=None, dim=-1,
+                      **kwargs) -> AdditiveCoupling:
+    """Factory for :class:`AdditiveCoupling` with the signature of Pyro's
+    ``affine_coupling``: ``input_dim`` is ``D`` (or ``(C, H, W)``), ``split_dim`` the number
+    of features that condition (default ``ceil(D / 2)``)."""
+    return AdditiveCoupling(input_dim, **_coupling_options(input_dim, hidden_dims, split_dim,
+                                                           dim, kwargs))
 
 
-def conditional_additive_coupling(event_shape, context_dim: int, **kwargs) -> ConditionalAdditiveCoupling:
-    """Factory for :class:`ConditionalAdditiveCoupling`."""
-    return ConditionalAdditiveCoupling(event_shape, context_dim, **kwargs)
+def affine_coupling(input_dim, hidden_dims=None, split_dim=None, dim=-1,
+                    **kwargs) -> AffineCoupling:
+    """Factory for :class:`AffineCoupling` with Pyro's signature (``pyro.distributions.
+    transforms.affine_coupling``): ``input_dim`` is ``D`` (or ``(C, H, W)``), ``hidden_dims``
+    the MLP widths, ``split_dim`` the number of features that condition.
+
+    >>> import torch
+    >>> affine_coupling(4, [16, 16], split_dim=1)(torch.zeros(2, 4)).shape
+    torch.Size([2, 4])
+    """
+    return AffineCoupling(input_dim, **_coupling_options(input_dim, hidden_dims, split_dim,
+                                                         dim, kwargs))
 
 
-def conditional_affine_coupling(event_shape, context_dim: int, **kwargs) -> ConditionalAffineCoupling:
-    """Factory for :class:`ConditionalAffineCoupling`."""
-    return ConditionalAffineCoupling(event_shape, context_dim, **kwargs)
+def conditional_additive_coupling(input_dim, context_dim: int, hidden_dims=None, split_dim=None,
+                                  dim=-1, **kwargs) -> ConditionalAdditiveCoupling:
+    """Factory for :class:`ConditionalAdditiveCoupling`, Pyro-style arguments."""
+    return ConditionalAdditiveCoupling(
+        input_dim, context_dim, **_coupling_options(input_dim, hidden_dims, split_dim, dim, kwargs))
+
+
+def conditional_affine_coupling(input_dim, context_dim: int, hidden_dims=None, split_dim=None,
+                                dim=-1, **kwargs) -> ConditionalAffineCoupling:
+    """Factory for :class:`ConditionalAffineCoupling` with the signature of Pyro's
+    ``conditional_affine_coupling``.
+
+    >>> import torch
+    >>> t = conditional_affine_coupling(1, 1)   # one feature: conditioned on the context only
+    >>> t.condition(torch.ones(1))(torch.zeros(3, 1)).shape
+    torch.Size([3, 1])
+    """
+    return ConditionalAffineCoupling(
+        input_dim, context_dim, **_coupling_options(input_dim, hidden_dims, split_dim, dim, kwargs))

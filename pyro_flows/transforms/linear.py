@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Bijector, as_event_shape, check_event_shape, same_state
+from .base import Bijector
+from .shapes import as_event_shape, check_event_shape
 
 __all__ = ["InvertibleConv1x1", "InvertibleLinear", "invertible_conv1x1", "invertible_linear"]
 
@@ -37,20 +38,9 @@ class _InvertibleMatrix(Bijector):
             self.log_diag = nn.Parameter(diag.abs().log().to(torch.get_default_dtype()))
         else:
             self.weight = nn.Parameter(q.to(torch.get_default_dtype()))
-        self._no_grad_cache: tuple | None = None
 
     def _matrices(self, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(W or W^-1, log|det W|)``; reused between calls while parameters are unchanged and
-        no gradient is wanted (sampling, evaluation)."""
-        if torch.is_grad_enabled() or torch.compiler.is_compiling():
-            return self._build(inverse)
-        cache = self._no_grad_cache
-        key = self._state_key()
-        if cache is None or cache[0] != inverse or not same_state(cache[1], key):
-            cache = self._no_grad_cache = (inverse, key, *self._build(inverse))
-        return cache[2], cache[3]
-
-    def _build(self, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(W or W^-1, log|det W|)`` from the current parameters."""
         if not self.lu:
             w = self.weight
             logdet = torch.linalg.slogdet(w)[1]
@@ -73,24 +63,15 @@ class _InvertibleMatrix(Bijector):
         pixels = self.event_shape[1] * self.event_shape[2] if len(self.event_shape) == 3 else 1
         return (logdet * pixels).expand(x.shape[: x.dim() - len(self.event_shape)])
 
-    def _forward(self, x: torch.Tensor, context: torch.Tensor | None = None):
+    def call_and_ladj(self, x: torch.Tensor, context: torch.Tensor | None = None):
         check_event_shape(self, x, self.event_shape)
         w, logdet = self._matrices(inverse=False)
         return self._mix(x, w), self._ladj(x, logdet)
 
-    def _backward(self, y: torch.Tensor, context: torch.Tensor | None = None):
+    def inverse_and_ladj(self, y: torch.Tensor, context: torch.Tensor | None = None):
         check_event_shape(self, y, self.event_shape)
         w_inv, logdet = self._matrices(inverse=True)
         return self._mix(y, w_inv), self._ladj(y, logdet)
-
-    def _clear_caches(self) -> None:
-        super()._clear_caches()
-        self._no_grad_cache = None
-
-    def __getstate__(self):
-        state = super().__getstate__()
-        state["_no_grad_cache"] = None
-        return state
 
 
 class InvertibleLinear(_InvertibleMatrix):
@@ -130,11 +111,11 @@ class InvertibleConv1x1(_InvertibleMatrix):
         return (w @ x.flatten(-2)).unflatten(-1, x.shape[-2:])
 
 
-def invertible_linear(event_shape, lu: bool = True) -> InvertibleLinear:
-    """Factory for :class:`InvertibleLinear` (Pyro style)."""
-    return InvertibleLinear(event_shape, lu=lu)
+def invertible_linear(input_dim: int, lu: bool = True) -> InvertibleLinear:
+    """Factory for :class:`InvertibleLinear` (Pyro style): ``input_dim`` is ``D``."""
+    return InvertibleLinear(input_dim, lu=lu)
 
 
-def invertible_conv1x1(event_shape, lu: bool = True) -> InvertibleConv1x1:
-    """Factory for :class:`InvertibleConv1x1` (Pyro style)."""
-    return InvertibleConv1x1(event_shape, lu=lu)
+def invertible_conv1x1(input_dim: tuple[int, int, int], lu: bool = True) -> InvertibleConv1x1:
+    """Factory for :class:`InvertibleConv1x1` (Pyro style): ``input_dim`` is ``(C, H, W)``."""
+    return InvertibleConv1x1(input_dim, lu=lu)

@@ -19,11 +19,36 @@ import torch
 
 from .base import Bijector
 
-__all__ = ["invertible_checkpoint", "run_blocks"]
+__all__ = ["invertible_checkpoint", "rebuild", "rebuild_by_inversion", "run_blocks"]
 
 
 def _run(block: Bijector, x: torch.Tensor, context, inverse: bool):
-    return block._backward(x, context) if inverse else block._forward(x, context)
+    return block.inverse_and_ladj(x, context) if inverse else block.call_and_ladj(x, context)
+
+
+def rebuild(block: Bijector, out: torch.Tensor, context: torch.Tensor | None, inverse: bool):
+    """Rebuild the input that gave ``out`` (from ``inverse_and_ladj`` when ``inverse``, else
+    ``call_and_ladj``) and rerun that direction on it with a graph.
+
+    Returns ``(leaves, out, ladj, assemble)``: ``leaves`` are tensors requiring grad that make
+    up the input, ``assemble(parts)`` joins tensors shaped like them into one input. A block may
+    offer a cheaper way of its own, a public method ``rebuild(out, context, inverse)`` with the
+    same result (couplings evaluate their conditioner once instead of twice).
+    """
+    own = getattr(block, "rebuild", None)
+    return own(out, context, inverse) if callable(own) else rebuild_by_inversion(
+        block, out, context, inverse)
+
+
+def rebuild_by_inversion(block: Bijector, out: torch.Tensor, context: torch.Tensor | None,
+                         inverse: bool):
+    """:func:`rebuild` for any block: run it the other way without a graph, then rerun."""
+    with torch.no_grad():
+        x = _run(block, out, context, not inverse)[0]
+    x = x.detach().requires_grad_()
+    with torch.enable_grad():
+        y, ladj = _run(block, x, context, inverse)
+    return [x], y, ladj, lambda parts: parts[0]
 
 
 def _leaf_blocks(blocks: Sequence[Bijector], inverse: bool) -> list[Bijector]:
@@ -61,7 +86,7 @@ class _InvertibleCheckpoint(torch.autograd.Function):
         grad_context = None
         for block in reversed(ctx.blocks):
             c = context.detach().requires_grad_() if want_context else context
-            leaves, out, ld, assemble = block._rebuild(y, c, ctx.inverse)
+            leaves, out, ld, assemble = rebuild(block, y, c, ctx.inverse)
             params = [p for p in block.parameters() if p.requires_grad]
             inputs = [*leaves, *params] + ([c] if want_context else [])
             pairs = [(t, g) for t, g in ((out, grad_y), (ld, grad_ladj.expand_as(ld)))
@@ -83,7 +108,7 @@ class _InvertibleCheckpoint(torch.autograd.Function):
 
 def run_blocks(blocks: Sequence[Bijector], x: torch.Tensor, context: torch.Tensor | None = None,
                inverse: bool = False, memory_efficient: bool = False):
-    """Apply ``blocks`` in order (their ``_forward``, or ``_backward`` when ``inverse``) and
+    """Apply ``blocks`` in order (``call_and_ladj``, or ``inverse_and_ladj`` when ``inverse``) and
     return ``(output, summed log-det)``; with ``memory_efficient`` through
     :func:`invertible_checkpoint`."""
     if memory_efficient:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from .base import Bijector, as_event_shape, check_event_shape
+from .base import Bijector
+from .shapes import as_event_shape, check_event_shape
 
-__all__ = ["Permutation", "Squeeze", "permutation", "squeeze"]
+__all__ = ["Permutation", "Squeeze", "permutation", "permute", "squeeze"]
 
 
 def squeeze2x2(x: torch.Tensor) -> torch.Tensor:
@@ -48,11 +49,11 @@ class Squeeze(Bijector):
         super().__init__(event_dim=3)
         self.out_shape = (4 * c, h // 2, w // 2)
 
-    def _forward(self, x: torch.Tensor, context: torch.Tensor | None = None):
+    def call_and_ladj(self, x: torch.Tensor, context: torch.Tensor | None = None):
         check_event_shape(self, x, self.event_shape)
         return squeeze2x2(x), x.new_zeros(x.shape[:-3])
 
-    def _backward(self, y: torch.Tensor, context: torch.Tensor | None = None):
+    def inverse_and_ladj(self, y: torch.Tensor, context: torch.Tensor | None = None):
         check_event_shape(self, y, self.out_shape)
         return unsqueeze2x2(y), y.new_zeros(y.shape[:-3])
 
@@ -67,39 +68,53 @@ class Permutation(Bijector):
     """A fixed permutation of the features of a vector, ``y = x[..., perm]``, log-det 0.
 
     :param event_shape: ``D`` or ``(D,)``.
-    :param perm: the permutation; by default a random one drawn with ``seed``.
+    :param permutation: the permutation; by default a random one drawn with ``seed``.
+    :param seed: seeds that draw, without touching the global random state.
 
     >>> import torch
-    >>> Permutation(3, perm=torch.tensor([2, 0, 1]))(torch.tensor([1., 2., 3.]))
+    >>> Permutation(3, permutation=torch.tensor([2, 0, 1]))(torch.tensor([1., 2., 3.]))
     tensor([3., 1., 2.])
     """
 
-    def __init__(self, event_shape, perm: torch.Tensor | None = None, seed: int = 0) -> None:
+    def __init__(self, event_shape, permutation: torch.Tensor | None = None,
+                 seed: int = 0) -> None:
         self.event_shape = as_event_shape(event_shape, ranks=(1,))
         super().__init__(event_dim=1)
         d = self.event_shape[0]
-        if perm is None:
-            perm = torch.randperm(d, generator=torch.Generator().manual_seed(seed))
-        perm = torch.as_tensor(perm, dtype=torch.long)
+        if permutation is None:
+            permutation = torch.randperm(d, generator=torch.Generator().manual_seed(seed))
+        perm = torch.as_tensor(permutation, dtype=torch.long)
         if perm.shape != (d,) or not torch.equal(perm.sort().values, torch.arange(d)):
-            raise ValueError(f"perm must be a permutation of range({d}), got {perm.tolist()}")
+            raise ValueError(f"permutation must be a permutation of range({d}), got "
+                             f"{perm.tolist()}")
         self.register_buffer("perm", perm)
         self.register_buffer("inv_perm", torch.argsort(perm))
 
-    def _forward(self, x: torch.Tensor, context: torch.Tensor | None = None):
+    def call_and_ladj(self, x: torch.Tensor, context: torch.Tensor | None = None):
         check_event_shape(self, x, self.event_shape)
         return x.index_select(-1, self.perm), x.new_zeros(x.shape[:-1])
 
-    def _backward(self, y: torch.Tensor, context: torch.Tensor | None = None):
+    def inverse_and_ladj(self, y: torch.Tensor, context: torch.Tensor | None = None):
         check_event_shape(self, y, self.event_shape)
         return y.index_select(-1, self.inv_perm), y.new_zeros(y.shape[:-1])
 
 
-def squeeze(event_shape) -> Squeeze:
-    """Factory for :class:`Squeeze` (Pyro style)."""
-    return Squeeze(event_shape)
+def squeeze(input_dim: tuple[int, int, int]) -> Squeeze:
+    """Factory for :class:`Squeeze` (Pyro style): ``input_dim`` is ``(C, H, W)``."""
+    return Squeeze(input_dim)
 
 
-def permutation(event_shape, perm: torch.Tensor | None = None, seed: int = 0) -> Permutation:
-    """Factory for :class:`Permutation` (Pyro style)."""
-    return Permutation(event_shape, perm=perm, seed=seed)
+def permutation(input_dim: int, permutation: torch.Tensor | None = None, dim: int = -1, *,
+                seed: int = 0) -> Permutation:
+    """Factory for :class:`Permutation` with the signature of Pyro's ``permute``.
+
+    >>> import torch
+    >>> permutation(4, permutation=torch.tensor([3, 2, 1, 0]))(torch.arange(4.))
+    tensor([3., 2., 1., 0.])
+    """
+    if dim != -1:
+        raise ValueError(f"dim={dim} is not supported: Permutation permutes the last dimension")
+    return Permutation(input_dim, permutation, seed=seed)
+
+
+permute = permutation  # Pyro's name for the same factory

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Bijector, as_event_shape, check_event_shape
+from .base import Bijector
+from .shapes import as_event_shape, check_event_shape
 
 __all__ = ["Scaling", "scaling"]
 
@@ -32,15 +33,15 @@ class Scaling(Bijector):
     def _ladj(self, x: torch.Tensor) -> torch.Tensor:
         return self.log_scale.sum().expand(x.shape[: x.dim() - len(self.event_shape)])
 
-    def _forward(self, x: torch.Tensor, context: torch.Tensor | None = None):
+    def call_and_ladj(self, x: torch.Tensor, context: torch.Tensor | None = None):
         check_event_shape(self, x, self.event_shape)
         return x * torch.exp(self.log_scale), self._ladj(x)
 
-    def _backward(self, y: torch.Tensor, context: torch.Tensor | None = None):
+    def inverse_and_ladj(self, y: torch.Tensor, context: torch.Tensor | None = None):
         check_event_shape(self, y, self.event_shape)
         return y * torch.exp(-self.log_scale), self._ladj(y)
 
 
-def scaling(event_shape) -> Scaling:
-    """Factory for :class:`Scaling` (Pyro style)."""
-    return Scaling(event_shape)
+def scaling(input_dim: int | tuple[int, ...]) -> Scaling:
+    """Factory for :class:`Scaling` (Pyro style): ``input_dim`` is ``D`` or ``(C, H, W)``."""
+    return Scaling(input_dim)

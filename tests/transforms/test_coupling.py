@@ -104,9 +104,13 @@ def test_affine_log_scale_stays_within_the_bound_for_huge_weights(shape, mask):
 
 
 @pytest.mark.parametrize("cls", COUPLINGS)
-def test_single_feature_is_rejected_naming_the_shape(cls):
-    with pytest.raises(ValueError, match=r"\(1,\)"):
-        cls(1)
+def test_single_feature_is_a_learned_elementwise_map(cls):
+    """Issue 11: one feature used to be refused ("a 'half' mask needs at least 2 features")."""
+    t = perturb(cls(1, swap=True).double(), 0.5)
+    x = torch.randn(5, 1, dtype=torch.float64)
+    y = t(x)
+    assert not torch.allclose(y, x)
+    assert torch.allclose(t.inv(y.clone()), x, atol=1e-12)
 
 
 @pytest.mark.parametrize("cls", COUPLINGS)

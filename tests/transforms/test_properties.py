@@ -33,7 +33,7 @@ def check_round_trip_and_log_dets(t, x):
     assert x_back.shape == x.shape
     assert torch.allclose(x_back, x, atol=1e-10, rtol=0)
     ladj_forward = fresh.log_abs_det_jacobian(x, y)
-    # The inverse pass computes its own log-det (_backward); the cached instance returns it.
+    # The inverse pass computes its own log-det (inverse_and_ladj); the cached instance returns it.
     y_copy = y.detach().clone()
     x_inv = t.inv(y_copy)
     ladj_inverse = t.inv.log_abs_det_jacobian(y_copy, x_inv)

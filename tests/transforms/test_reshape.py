@@ -63,7 +63,7 @@ def test_squeeze_rejects_inputs_of_the_wrong_shape():
 
 
 def test_permutation_moves_features_as_given():
-    t = Permutation(4, perm=torch.tensor([2, 0, 3, 1]))
+    t = Permutation(4, permutation=torch.tensor([2, 0, 3, 1]))
     x = torch.tensor([[10.0, 11.0, 12.0, 13.0]])
     y = t(x)
     assert torch.equal(y, torch.tensor([[12.0, 10.0, 13.0, 11.0]]))
@@ -79,4 +79,4 @@ def test_default_permutation_is_reproducible_from_its_seed():
 @pytest.mark.parametrize("perm", [[0, 0, 1], [0, 1], [0, 1, 3], [-1, 0, 1], [0, 1, 2, 3]])
 def test_invalid_permutation_is_rejected(perm):
     with pytest.raises(ValueError, match="permutation"):
-        Permutation(3, perm=torch.tensor(perm))
+        Permutation(3, permutation=torch.tensor(perm))
