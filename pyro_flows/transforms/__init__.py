@@ -2,7 +2,8 @@
 per concept, each with its lower-case factory."""
 
 from .actnorm import ActNorm, actnorm
-from .base import Bijector, ConditionalBijector, ConditionedTransform
+from .base import Bijector
+from .conditional import ConditionalBijector, ConditionedTransform
 from .chain import Chain
 from .coupling import (
     AdditiveCoupling,

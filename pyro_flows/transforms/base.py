@@ -1,17 +1,13 @@
-"""The one protocol every pyro-flows transform keeps: the value and ``log|det J|`` together.
-
-A transform implements two public methods, both returning the log-det of the *forward* map
-(Pyro's sampling direction, base -> data)::
+"""The one protocol every pyro-flows transform keeps: the value and ``log|det J|`` together,
+both methods giving the log-det of the *forward* map (Pyro's sampling direction)::
 
     call_and_ladj(x, context=None) -> (y, log|det dy/dx|)
     inverse_and_ladj(y, context=None) -> (x, log|det dy/dx| at that x)
 
 Pyro's ``_call``, ``_inverse`` and ``log_abs_det_jacobian`` are thin adapters over them. A
-transform remembers only the ``(x, y, ladj)`` triple it itself just produced: the log-det for the
-pair it returned (so ``TransformedDistribution.log_prob`` runs each transform once), and the
-input that gave an output of its own (so a guide scores its own draw without a second pass). It
-never serves a result for an input it was merely handed before: that is how input-keyed caches
-go stale after an optimizer step (pyro-ppl issue 2564).
+transform remembers only the ``(x, y, ladj)`` triple it just produced, so
+``TransformedDistribution.log_prob`` runs it once and a guide scores its own draw for free; it
+never serves a result for an input it was merely handed (pyro-ppl issue 2564).
 """
 
 from __future__ import annotations
@@ -19,16 +15,15 @@ from __future__ import annotations
 import copy
 
 import torch
-from pyro.distributions.conditional import ConditionalTransformModule
 from pyro.distributions.torch_transform import TransformModule
-from torch.distributions import Transform, constraints
+from torch.distributions import constraints
 
-__all__ = ["Bijector", "ConditionalBijector", "ConditionedTransform"]
+__all__ = ["Bijector"]
 
 
 class _Produced:
-    """The last ``(x, y, ladj)`` a transform produced, and which end it was handed. Copies and
-    pickles empty: the tensors may carry an autograd graph, and a copy has produced nothing."""
+    """The last ``(x, y, ladj)`` a transform produced and which end it was handed; copies and
+    pickles empty (the tensors may carry a graph, and a copy has produced nothing)."""
 
     __slots__ = ("x", "y", "ladj", "handed_x", "grad")
 
@@ -43,6 +38,11 @@ class _Produced:
         return _Produced()
 
 
+def _usable(last: _Produced) -> bool:
+    # A triple produced without a graph cannot serve a caller that wants gradients.
+    return last.grad or not torch.is_grad_enabled()
+
+
 class _Adapters:
     """Pyro's ``Transform`` interface over ``call_and_ladj`` / ``inverse_and_ladj``."""
 
@@ -52,13 +52,9 @@ class _Adapters:
             last.x, last.y, last.ladj = x, y, ladj
             last.handed_x, last.grad = handed_x, torch.is_grad_enabled()
 
-    def _fresh(self, last: _Produced) -> bool:
-        # A triple produced without a graph cannot serve a caller that wants gradients.
-        return last.grad or not torch.is_grad_enabled()
-
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         last = self.__dict__["_produced"]
-        if self._cache_size and not last.handed_x and last.x is x and self._fresh(last):
+        if self._cache_size and not last.handed_x and last.x is x and _usable(last):
             return last.y  # x is an inverse this transform just computed
         y, ladj = self.call_and_ladj(x)
         self._remember(x, y, ladj, handed_x=True)
@@ -66,7 +62,7 @@ class _Adapters:
 
     def _inv_call(self, y: torch.Tensor) -> torch.Tensor:
         last = self.__dict__["_produced"]
-        if self._cache_size and last.handed_x and last.y is y and self._fresh(last):
+        if self._cache_size and last.handed_x and last.y is y and _usable(last):
             return last.x  # y is an output this transform just computed
         x, ladj = self.inverse_and_ladj(y)
         self._remember(x, y, ladj, handed_x=False)
@@ -80,7 +76,7 @@ class _Adapters:
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         last = self.__dict__["_produced"]
-        if last.x is x and last.y is y and self._fresh(last):
+        if last.x is x and last.y is y and _usable(last):
             return last.ladj
         return self.call_and_ladj(x)[1]
 
@@ -101,7 +97,8 @@ class Bijector(_Adapters, TransformModule):
 
     Subclasses implement :meth:`call_and_ladj` and :meth:`inverse_and_ladj`; the log-det has
     the input's batch shape. Transforms built with a ``context_dim`` take the context there;
-    users reach them through a :class:`ConditionalBijector`'s ``condition(context)``.
+    users reach them through a conditional twin's ``condition(context)``
+    (:mod:`pyro_flows.transforms.conditional`).
     """
 
     bijective = True
@@ -113,57 +110,9 @@ class Bijector(_Adapters, TransformModule):
         self.__dict__["_produced"] = _Produced()
 
     def call_and_ladj(self, x: torch.Tensor, context: torch.Tensor | None = None):
-        """``(y, log|det dy/dx|)`` for the forward (sampling) direction."""
+        """``(y, log|det dy/dx|)``, forward (sampling) direction."""
         raise NotImplementedError
 
     def inverse_and_ladj(self, y: torch.Tensor, context: torch.Tensor | None = None):
-        """``(x, log|det dy/dx|)`` with ``x`` the preimage of ``y``."""
+        """``(x, log|det dy/dx|)``, ``x`` the preimage of ``y``."""
         raise NotImplementedError
-
-
-class ConditionedTransform(_Adapters, Transform):
-    """``parent`` with its context fixed: what :meth:`ConditionalBijector.condition` returns."""
-
-    bijective = True
-
-    def __init__(self, parent: "ConditionalBijector", context: torch.Tensor,
-                 cache_size: int = 1) -> None:
-        super().__init__(cache_size=cache_size)
-        self.parent, self.context = parent, context
-        self.domain, self.codomain = parent.domain, parent.codomain
-        self.__dict__["_produced"] = _Produced()
-
-    def call_and_ladj(self, x: torch.Tensor, context: None = None):
-        return self.parent.flow.call_and_ladj(x, self.context)
-
-    def inverse_and_ladj(self, y: torch.Tensor, context: None = None):
-        return self.parent.flow.inverse_and_ladj(y, self.context)
-
-    def forward_shape(self, shape):
-        return self.parent.flow.forward_shape(shape)
-
-    def inverse_shape(self, shape):
-        return self.parent.flow.inverse_shape(shape)
-
-
-class ConditionalBijector(ConditionalTransformModule):
-    """A conditional twin: a :class:`Bijector` built with a context size (``self.flow``), used
-    through ``condition(context)``. The context ends in ``context_dim`` and broadcasts against
-    the batch shape of the inputs."""
-
-    def __init__(self, flow: Bijector, context_dim: int) -> None:
-        super().__init__()
-        if context_dim < 1:
-            raise ValueError(f"context_dim must be a positive integer, got {context_dim}")
-        self.flow, self.context_dim = flow, context_dim
-        self.domain, self.codomain = flow.domain, flow.codomain
-
-    @property
-    def event_dim(self) -> int:
-        return self.flow.event_dim
-
-    def condition(self, context: torch.Tensor) -> ConditionedTransform:
-        if context.dim() < 1 or context.shape[-1] != self.context_dim:
-            raise ValueError(f"{type(self).__name__} expects a context whose last dimension is "
-                             f"{self.context_dim}, got shape {tuple(context.shape)}")
-        return ConditionedTransform(self, context)

@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 
 from ..nn import ConvNet, dense_net, soft_clamp
-from .base import Bijector, ConditionalBijector
+from .base import Bijector
+from .conditional import ConditionalBijector
 from .memory import rebuild_by_inversion
 from .shapes import as_event_shape, check_event_shape
 

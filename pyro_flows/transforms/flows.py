@@ -10,7 +10,7 @@ normalizes the data itself, and NICE's scaling sits next to the latent.
 from __future__ import annotations
 
 from .actnorm import ActNorm
-from .base import ConditionalBijector
+from .conditional import ConditionalBijector
 from .chain import Chain
 from .coupling import AdditiveCoupling, AffineCoupling
 from .kinds import FLOW_KINDS

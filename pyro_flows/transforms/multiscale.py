@@ -13,7 +13,8 @@ from torch import nn
 
 from ..nn import channels_last, soft_clamp, zero_last_layer
 from .actnorm import ActNorm
-from .base import Bijector, ConditionalBijector
+from .base import Bijector
+from .conditional import ConditionalBijector
 from .chain import Chain
 from .coupling import AdditiveCoupling, AffineCoupling
 from .glow import GlowStep
