@@ -85,7 +85,7 @@ QUICK = {
 
 
 # -- models --------------------------------------------------------------------------------
-def builder(data: datasets.Dataset, setting: Setting) -> Callable[[str, int], FlowModel]:
+def builder(data: datasets.Splits, setting: Setting) -> Callable[[str, int], FlowModel]:
     """``make(flow, width)``: a fresh model of ``flow`` for ``data`` with hidden ``width``."""
     if data.kind == "image":
         return lambda flow, width: FlowModel.build(
@@ -151,7 +151,7 @@ def score_test(model: FlowModel, test: torch.Tensor, seed: int) -> dict:
     return result
 
 
-def run(data: datasets.Dataset, flow: str, width: int, setting: Setting, seed: int,
+def run(data: datasets.Splits, flow: str, width: int, setting: Setting, seed: int,
         figures: Path | None) -> dict:
     torch.manual_seed(seed)
     model = builder(data, setting)(flow, width)
@@ -188,19 +188,19 @@ def run(data: datasets.Dataset, flow: str, width: int, setting: Setting, seed: i
 
 
 # -- a data set, all flows -----------------------------------------------------------------
-def load(name: str, seed: int) -> list[datasets.Dataset]:
+def load(name: str, seed: int) -> list[datasets.Splits]:
     names = datasets.TOYS if name == "toys" else (name,)
     return [datasets.load(n, seed=seed) for n in names]
 
 
-def widths(data: datasets.Dataset, setting: Setting, flows: list[str]) -> dict[str, int]:
+def widths(data: datasets.Splits, setting: Setting, flows: list[str]) -> dict[str, int]:
     make = builder(data, setting)
     target = num_parameters(make(REFERENCE, setting.width))
     return {f: setting.width if f == REFERENCE else matched_width(make, f, target, setting.width)
             for f in flows}
 
 
-def calibrate(data: datasets.Dataset, setting: Setting, chosen: dict[str, int],
+def calibrate(data: datasets.Splits, setting: Setting, chosen: dict[str, int],
               minutes: float) -> int:
     """Steps that the slowest flow takes in ``minutes`` (training only)."""
     slowest = 0.0

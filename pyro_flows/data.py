@@ -1,6 +1,6 @@
 """Data sets for training and evaluating flows.
 
-Everything here ends in a :class:`Dataset`: float32 tensors for the train,
+Everything here ends in a :class:`Splits`: float32 tensors for the train,
 validation and test splits, plus the number of discrete levels for discrete
 data.  Discrete data keep their integer values (``0 .. levels - 1``) as
 floats; dequantization and rescaling belong to the model, so that the
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 __all__ = [
-    "Dataset", "TOYS", "toy", "two_moons", "circles", "eight_gaussians", "checkerboard",
+    "Splits", "TOYS", "toy", "two_moons", "circles", "eight_gaussians", "checkerboard",
     "pinwheel", "spirals", "DIGITS_LEVELS", "load_digits_images", "read_idx",
     "FASHION_MNIST_ROOT", "FASHION_MNIST_ENV", "load_fashion_mnist", "load_array", "load",
 ]
@@ -39,13 +39,14 @@ __all__ = [
 PathLike = str | os.PathLike
 
 
-# Dataset --------------------------------------------------------------------
+# Splits ---------------------------------------------------------------------
 
 # eq=False: the generated __eq__ would compare tensors elementwise and then
 # fail on ``bool(tensor)``; identity comparison is the useful one here.
 @dataclass(frozen=True, eq=False)
-class Dataset:
-    """Train/validation/test splits of one data set.
+class Splits:
+    """Train/validation/test splits of one data set (named so as not to shadow
+    :class:`torch.utils.data.Dataset`: it is not one; train on ``.train``, validate on ``.val``).
 
     :param name: where the data came from (toy name, ``"digits"``, path, ...).
     :param train: float32 tensor, ``(N, D)`` vectors or ``(N, C, H, W)`` images.
@@ -67,14 +68,14 @@ class Dataset:
         for split in ("train", "val", "test"):
             x = getattr(self, split)
             if not isinstance(x, torch.Tensor) or x.dtype != torch.float32:
-                raise TypeError(f"Dataset {self.name!r}: {split} must be a float32 tensor")
+                raise TypeError(f"Splits {self.name!r}: {split} must be a float32 tensor")
             if x.dim() not in (2, 4) or tuple(x.shape[1:]) != shape:
                 raise ValueError(
-                    f"Dataset {self.name!r}: {split} has shape {tuple(x.shape)}; expected "
+                    f"Splits {self.name!r}: {split} has shape {tuple(x.shape)}; expected "
                     f"(N, D) or (N, C, H, W) with event shape {shape} like train"
                 )
         if self.levels is not None and self.levels < 2:
-            raise ValueError(f"Dataset {self.name!r}: levels must be >= 2 or None: {self.levels}")
+            raise ValueError(f"Splits {self.name!r}: levels must be >= 2 or None: {self.levels}")
 
     @property
     def event_shape(self) -> tuple[int, ...]:
@@ -89,7 +90,7 @@ class Dataset:
     def __repr__(self) -> str:
         # The default repr would print tensor contents; sizes are what one wants.
         return (
-            f"Dataset(name={self.name!r}, kind={self.kind!r}, event_shape={self.event_shape}, "
+            f"Splits(name={self.name!r}, kind={self.kind!r}, event_shape={self.event_shape}, "
             f"train={len(self.train)}, val={len(self.val)}, test={len(self.test)}, "
             f"levels={self.levels})"
         )
@@ -401,7 +402,7 @@ def _sub_seed(seed: int, k: int) -> int:
 
 
 def load(source: PathLike, *, n_bits: int | None = None, seed: int = 0,
-         val_fraction: float = 0.1, test_fraction: float = 0.1, n_toy: int = 10_000) -> Dataset:
+         val_fraction: float = 0.1, test_fraction: float = 0.1, n_toy: int = 10_000) -> Splits:
     """Load a data set by name or path and split it.
 
     :param source: a toy name from :data:`TOYS`, ``"digits"``,
@@ -426,10 +427,10 @@ def load(source: PathLike, *, n_bits: int | None = None, seed: int = 0,
         if key == "digits":
             sizes = _split_sizes(1797, val_fraction, test_fraction)
             train, val, test = _split(load_digits_images(), sizes, seed)
-            return Dataset("digits", train, val, test, levels=DIGITS_LEVELS)
+            return Splits("digits", train, val, test, levels=DIGITS_LEVELS)
         sizes = _split_sizes(_count(n_toy), val_fraction, test_fraction)
         train, val, test = (toy(key, m, seed=_sub_seed(seed, k)) for k, m in enumerate(sizes))
-        return Dataset(key, train, val, test, levels=None)
+        return Splits(key, train, val, test, levels=None)
     if key == "fashion_mnist":
         bits = 8 if n_bits is None else operator.index(n_bits)
         if not 1 <= bits <= 8:
@@ -440,10 +441,10 @@ def load(source: PathLike, *, n_bits: int | None = None, seed: int = 0,
             shift = 2 ** (8 - bits)
             full, test = (torch.div(t, shift, rounding_mode="floor") for t in (full, test))
         train, val = _split(full, _split_sizes(len(full), val_fraction, 0.0)[:2], seed)
-        return Dataset("fashion-mnist", train, val, test, levels=2**bits)
+        return Splits("fashion-mnist", train, val, test, levels=2**bits)
     if os.path.isfile(name):
         x = load_array(name, n_bits=n_bits)
         train, val, test = _split(x, _split_sizes(len(x), val_fraction, test_fraction), seed)
-        return Dataset(name, train, val, test, levels=None if n_bits is None else 2**n_bits)
+        return Splits(name, train, val, test, levels=None if n_bits is None else 2**n_bits)
     known = ", ".join((*TOYS, "digits", "fashion-mnist"))
     raise ValueError(f"unknown data set {name!r}: not an existing file, nor one of: {known}")

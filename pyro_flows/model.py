@@ -227,7 +227,7 @@ class FlowModel(nn.Module):
         """A model around the registered transform ``name`` (see :func:`pyro_flows.available`).
 
         :param data_levels: discrete values per element (``256``, ``17``, ...; a
-            :class:`~pyro_flows.data.Dataset`'s ``levels``); ``None`` for continuous data, for
+            :class:`~pyro_flows.data.Splits`'s ``levels``); ``None`` for continuous data, for
             which ``dequantization`` and ``logit_alpha`` do not apply.
         :param dequantization: ``"uniform"``, ``"variational"`` or ``None``, see
             :class:`Preprocessing`.

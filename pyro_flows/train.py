@@ -135,7 +135,7 @@ class _Data:
         map_style = isinstance(data, Dataset) and not isinstance(data, IterableDataset)
         self.dataset = data if map_style else None
         if self.tensor is None and self.dataset is None:
-            hint = " (for a pyro_flows.data.Dataset pass .train and val_data=.val)" if hasattr(
+            hint = " (for pyro_flows.data.Splits pass .train, and val_data=.val)" if hasattr(
                 data, "train") else ""
             raise TypeError(f"{name} must be a Tensor (N, ...) or a map-style Dataset, got "
                             f"{type(data).__name__}{hint}")

@@ -194,5 +194,42 @@ def test_bad_encoder_outputs_are_named():
         AmortizedFlow(Fixed(torch.full((4, K), float("nan")), scale), K)(x)
     with pytest.raises(ValueError, match="float64"):
         AmortizedFlow(Fixed(loc.double(), scale.double()), K)(x)  # the flow follows .scale
-    with pytest.raises(ValueError, match="latent_dim must be at least 2"):
-        AmortizedFlow(Encoder(latent_dim=1), 1)
+    with pytest.raises(ValueError, match="latent_dim must be a positive integer"):
+        AmortizedFlow(Encoder(latent_dim=1), 0)
+
+
+def test_minimal_swap_in_pyros_vae_example_trains_the_flow():
+    # Pyro's examples/vae/vae.py registers only its encoder; swapping the guide's distribution
+    # alone left the flow untrained (0 of 12 flow tensors changed, issue 11).
+    encoder = Encoder()
+    q = AmortizedFlow(encoder, K)
+
+    def posterior(x):
+        pyro.module("encoder", encoder)  # the example's line, unchanged
+        return q(x)  # was: dist.Normal(*encoder(x)).to_event(1)
+
+    model, guide = vae(posterior)
+    before = {n: p.detach().clone() for n, p in q.flow.named_parameters()}
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
+    for _ in range(5):
+        svi.step(DATA)
+    changed = [n for n, p in q.flow.named_parameters() if not torch.equal(p, before[n])]
+    assert len(changed) == len(before) > 0
+    assert any(name.startswith("amortized_flow$$$") for name in pyro.get_param_store())
+
+
+def test_flow_registered_both_ways_is_optimized_once():
+    q = AmortizedFlow(Encoder(), K)
+    model, guide = vae(flow(q))  # pyro.module("q", q) and the flow's own registration
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
+    svi.step(DATA)
+    store = pyro.get_param_store()
+    names = [n for n in store.keys() if n.startswith("amortized_flow$$$")]
+    assert names
+    for name in names:
+        assert store[name] is store["q$$$flow." + name.split("$$$", 1)[1]]
+
+
+def test_one_dimensional_latent():
+    q = AmortizedFlow(Encoder(latent_dim=1), 1)
+    assert q(DATA[:3]).rsample().shape == (3, 1)

@@ -3,6 +3,7 @@ samples medians/quantiles, survives pickling and reloads, and rejects models it 
 
 import copy
 import io
+import math
 import pickle
 
 import pyro
@@ -270,17 +271,58 @@ def test_model_without_latents_is_rejected():
 
 
 def test_bad_arguments():
-    def scalar():
-        pyro.sample("a", dist.Normal(0.0, 1.0))
-
-    with pytest.raises(ValueError, match="at least 2"):
-        AutoFlow(scalar)()
     with pytest.raises(KeyError, match="no transform named"):
         AutoFlow(model, flow="no_such_flow")
     with pytest.raises(ValueError, match="unconditional flow on vectors"):
         AutoFlow(model, flow="conditional_realnvp")
     with pytest.raises(ValueError, match="init_scale"):
         AutoFlow(model, init_scale=0.0)
+    with pytest.raises(ValueError, match="data_init"):
+        AutoFlow(model, data_init=True)  # refused at construction, not at the first call
+
+
+def test_single_scalar_latent():
+    def scalar():
+        pyro.sample("a", dist.Normal(1.0, 2.0))
+
+    guide = AutoFlow(scalar, **SMALL)
+    svi = SVI(scalar, guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
+    for _ in range(3):
+        assert torch.isfinite(torch.tensor(svi.step()))
+    assert guide()["a"].shape == ()
+
+
+def test_pyro_argument_names_are_honoured():
+    # AutoIAFNormal's and AutoNormal's names ended in "_Coupling.__init__() got an unexpected
+    # keyword argument" at the first call (issue 11).
+    calls = []
+
+    def create_plates():
+        calls.append(1)
+        return pyro.plate("p", 3)
+
+    guide = AutoFlow(model, num_transforms=3, hidden_dim=8, create_plates=create_plates)
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
+    assert math.isfinite(svi.step())
+    couplings = [p for p in guide.flow.parts if hasattr(p, "net")]
+    assert len(couplings) == 3
+    widths = {m.out_features for c in couplings for m in c.net.modules()
+              if isinstance(m, torch.nn.Linear)}
+    assert 8 in widths and 64 not in widths
+    assert calls
+
+
+@pytest.mark.parametrize("kwargs", [dict(foo=1), dict(hidden_size=4), dict(num_flows=2)])
+def test_unknown_arguments_refused_at_construction(kwargs):
+    with pytest.raises(TypeError, match="It accepts: .*num_transforms.*init_scale.*create_plates"):
+        AutoFlow(model, **kwargs)
+
+
+def test_pyro_and_own_name_together_is_an_error():
+    with pytest.raises(TypeError, match="both num_layers= and num_transforms="):
+        AutoFlow(model, num_layers=2, num_transforms=2)
+    with pytest.raises(TypeError, match="both hidden_dims= and hidden_dim="):
+        AutoFlow(model, hidden_dims=(8,), hidden_dim=8)
 
 
 def test_build_guide_flow_is_the_identity_and_leaves_the_rng_alone():

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pyro_flows import data
-from pyro_flows.data import Dataset
+from pyro_flows.data import Splits
 
 REAL_FASHION = Path(data.FASHION_MNIST_ROOT)
 
@@ -286,7 +286,7 @@ def test_load_array_bad_type(tmp_path):
 
 def test_load_toy_splits():
     ds = data.load("two_moons", n_toy=1000, seed=2)
-    assert isinstance(ds, Dataset) and ds.kind == "vector" and ds.event_shape == (2,)
+    assert isinstance(ds, Splits) and ds.kind == "vector" and ds.event_shape == (2,)
     assert ds.levels is None
     assert (len(ds.train), len(ds.val), len(ds.test)) == (800, 100, 100)
     again = data.load("two-moons", n_toy=1000, seed=2)
@@ -344,13 +344,30 @@ def test_load_unknown_name_lists_known(tmp_path):
 
 def test_dataset_validation_and_repr():
     x = torch.zeros(4, 2)
-    ds = Dataset("z", x, x[:1], x[:0], None)
+    ds = Splits("z", x, x[:1], x[:0], None)
     assert "train=4" in repr(ds) and ds.event_shape == (2,)
     with pytest.raises(TypeError):
-        Dataset("z", x.double(), x, x)
+        Splits("z", x.double(), x, x)
     with pytest.raises(ValueError, match="event shape"):
-        Dataset("z", x, torch.zeros(1, 3), x)
+        Splits("z", x, torch.zeros(1, 3), x)
     with pytest.raises(ValueError):
-        Dataset("z", x, x, x, levels=1)
+        Splits("z", x, x, x, levels=1)
     with pytest.raises(AttributeError):
         ds.name = "other"  # frozen
+
+
+def test_fit_on_loaded_splits_names_train():
+    # fit(model, pyro_flows.data.load("two_moons")) raised a bare TypeError (issue 11).
+    from pyro_flows import FlowModel, fit
+    from pyro_flows.data import load
+
+    splits = load("two_moons", n_toy=200)
+    model = FlowModel.build("realnvp", (2,), num_layers=2, hidden_dims=[8])
+    with pytest.raises(TypeError, match=r"pyro_flows\.data\.Splits pass \.train"):
+        fit(model, splits)
+
+
+def test_splits_does_not_shadow_torch_dataset():
+    import pyro_flows.data
+
+    assert not hasattr(pyro_flows.data, "Dataset")

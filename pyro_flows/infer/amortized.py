@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pyro
 import pyro.distributions as dist
 import torch
 from pyro.distributions.util import is_validation_enabled
@@ -40,6 +41,14 @@ class AmortizedFlow(nn.Module):
     ``loc`` and ``scale`` must have the same shape, ending in ``latent_dim``. The flow is built
     on the encoder's dtype and device; ``.to(...)`` moves both.
 
+    **Registration.** Pyro trains only what is in its param store, so every call registers the
+    flow with ``pyro.module(name, self.flow, update_module_params=True)``: the one-line swap of
+    the guide's distribution trains the flow even where the guide registers only its encoder
+    (as in Pyro's ``examples/vae/vae.py``), and a guide rebuilt from a saved param store gets
+    the stored flow back. Registering the whole ``AmortizedFlow`` yourself as well is harmless
+    (the same tensors under two names are optimized once). Give each ``AmortizedFlow`` of one
+    model its own ``name``. The encoder stays yours to register, as before.
+
     **Adding a flow to a trained Gaussian VAE.** Wrap its encoder and swap the guide's
     distribution; keep training with the same optimizer. The flow starts as the identity, so
     the ELBO is unchanged at the switch: draw for draw under the same seed, exactly for
@@ -48,16 +57,17 @@ class AmortizedFlow(nn.Module):
         q = AmortizedFlow(encoder, latent_dim)        # encoder returns (loc, scale)
 
         def guide(x):
-            pyro.module("q", q)
+            pyro.module("encoder", encoder)           # unchanged
             with pyro.plate("data", len(x)):
                 pyro.sample("z", q(x))                # was: dist.Normal(loc, scale).to_event(1)
 
     :param encoder: module mapping ``x`` to ``(loc, scale)`` or ``(loc, scale, context)``.
-    :param latent_dim: size of ``z`` (at least 2: a coupling splits the vector).
+    :param latent_dim: size of ``z``.
     :param flow: ``"realnvp"``, ``"nice"`` or ``"glow"`` (``"conditional_" + flow`` is built).
     :param num_layers: number of couplings.
     :param hidden_dims: widths of each coupling's MLP.
     :param context_dim: size of the encoder's context output; ``None`` when it returns none.
+    :param name: the name the flow is registered under in Pyro's param store.
     :param flow_kwargs: further keyword arguments of the flow's builder.
 
     >>> import torch
@@ -77,14 +87,15 @@ class AmortizedFlow(nn.Module):
 
     def __init__(self, encoder: nn.Module, latent_dim: int, flow: str = "realnvp",
                  num_layers: int = 2, hidden_dims: tuple[int, ...] | None = None,
-                 context_dim: int | None = None, **flow_kwargs: Any) -> None:
+                 context_dim: int | None = None, name: str = "amortized_flow",
+                 **flow_kwargs: Any) -> None:
         super().__init__()
-        if latent_dim < 2:
-            raise ValueError(f"latent_dim must be at least 2 (a coupling splits the vector), "
-                             f"got {latent_dim}")
+        if latent_dim < 1:
+            raise ValueError(f"latent_dim must be a positive integer, got {latent_dim}")
         if context_dim is not None and context_dim < 1:
             raise ValueError(f"context_dim must be a positive integer or None, got {context_dim}")
         self.encoder = encoder
+        self.name = name
         self.latent_dim = latent_dim
         self.encoder_context = context_dim is not None
         self.context_dim = context_dim if self.encoder_context else 2 * latent_dim
@@ -127,7 +138,9 @@ class AmortizedFlow(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dist.TransformedDistribution:
         """The posterior ``q(z | x)``: batch shape from the encoder's ``loc``, event shape
-        ``(latent_dim,)``; ``rsample`` is differentiable in the encoder and the flow."""
+        ``(latent_dim,)``; ``rsample`` is differentiable in the encoder and the flow. Registers
+        the flow in Pyro's param store (see the class docstring)."""
+        pyro.module(self.name, self.flow, update_module_params=True)
         loc, scale, context = self._encode(x)
         base = dist.Normal(loc, scale).to_event(1)  # validates loc and scale (NaN, scale <= 0)
         if context is None:

@@ -14,7 +14,7 @@ permutations (RealNVP) or a random rotation (Glow's invertible linear layer), so
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import pyro
 import pyro.distributions as dist
@@ -22,7 +22,6 @@ import torch
 from pyro.distributions import constraints
 from pyro.distributions.conditional import (
     ConditionalComposeTransformModule,
-    ConstantConditionalTransform,
 )
 from pyro.distributions.torch_transform import ComposeTransformModule
 from pyro.infer.autoguide import AutoContinuous, init_to_median
@@ -33,7 +32,7 @@ from torch import nn
 from torch.distributions import biject_to
 
 from ..registry import build, entry
-from ..transforms import Bijector
+from ..transforms import Bijector, Chain, ConditionalBijector
 from ..transforms.shapes import check_event_shape
 
 __all__ = ["AutoFlow", "build_guide_flow"]
@@ -42,6 +41,9 @@ __all__ = ["AutoFlow", "build_guide_flow"]
 # (Glow's LU permutation and signs, the un-mixing below), so a guide rebuilt from the store
 # alone must recreate the very same buffers.
 FLOW_SEED = 0
+DEFAULT_NUM_LAYERS = 4
+ACCEPTED = ("model", "flow", "num_layers (Pyro: num_transforms)",
+            "hidden_dims (Pyro: hidden_dim)", "init_loc_fn", "init_scale", "create_plates")
 
 
 class _FixedLinear(Bijector):
@@ -60,6 +62,42 @@ class _FixedLinear(Bijector):
     def inverse_and_ladj(self, y: torch.Tensor, context: torch.Tensor | None = None):
         check_event_shape(self, y, self.weight.shape[:1])
         return y @ self.weight_inv, self.log_det.expand(y.shape[:-1])
+
+
+class _WidthScaledOutput(nn.Module):
+    """A coupling's conditioner whose outputs are divided by its last layer's fan-in.
+
+    The conditioner's zero-initialized last layer is where a guide's first steps go wrong: Adam
+    moves each of its weights by about the learning rate, all in the direction of their
+    gradient's sign, so an output moves by ``lr * sum(|h|)`` over the ``width`` hidden units.
+    At SVI's learning rates (0.05) and a width of 168 that is a log-scale jump of ~8 in one
+    step, compounded layer on layer. Divided by the fan-in, an output moves by ``lr * mean(|h|)``:
+    a step of the flow is then the size of a step of a diagonal Gaussian guide, whatever the
+    width (the output multiplier of Yang et al., "Tensor Programs V", 2022). Density training
+    (lr 1e-3) does not need this and learns faster without it, so only guide flows are built so.
+    """
+
+    def __init__(self, net: nn.Module, fan_in: int) -> None:
+        super().__init__()
+        self.net = net
+        self.factor = 1.0 / fan_in
+
+    def forward(self, *args: torch.Tensor):
+        out = self.net(*args)
+        if isinstance(out, (tuple, list)):
+            return type(out)(o * self.factor for o in out)
+        return out * self.factor
+
+
+def _scale_conditioner_outputs(flow: nn.Module) -> None:
+    """Wrap every vector coupling's conditioner in :class:`_WidthScaledOutput`."""
+    for module in list(flow.modules()):
+        net = getattr(module, "net", None)
+        if not isinstance(net, nn.Module) or isinstance(net, _WidthScaledOutput):
+            continue
+        linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+        if linears:
+            module.net = _WidthScaledOutput(net, linears[-1].in_features)
 
 
 def _unmixing(name: str, flow, dim: int, context_dim: int, like: torch.Tensor) -> _FixedLinear:
@@ -86,7 +124,9 @@ def _unmixing(name: str, flow, dim: int, context_dim: int, like: torch.Tensor) -
 def build_guide_flow(name: str, dim: int, context_dim: int = 0, like: torch.Tensor | None = None,
                      **kwargs: Any) -> nn.Module:
     """A registered vector flow ``name`` on ``(dim,)``, ready to refine a Gaussian guide: it is
-    exactly the identity at initialization and never initializes an ActNorm from data.
+    exactly the identity at initialization, never initializes an ActNorm from data, and takes
+    steps of the size of a Gaussian guide's at SVI's learning rates (each coupling's conditioner
+    output is divided by its width, see :class:`_WidthScaledOutput`).
 
     Builds ``name`` (``"conditional_" + kind`` when ``context_dim > 0``) from the fixed seed
     ``FLOW_SEED`` without touching the global RNG, on ``like``'s dtype and device, and precedes
@@ -97,8 +137,8 @@ def build_guide_flow(name: str, dim: int, context_dim: int = 0, like: torch.Tens
     :param dim: the size of the vectors the flow acts on.
     :param context_dim: context size for a conditional flow (0: unconditional).
     :param like: a tensor whose dtype and device the flow takes (default: torch's defaults).
-    :returns: a ``ComposeTransformModule``, or a ``ConditionalComposeTransformModule`` when
-        ``context_dim > 0``.
+    :returns: a :class:`~pyro_flows.transforms.Chain` (a ``ComposeTransformModule`` for a
+        plugin flow of other transforms), or its conditional twin when ``context_dim > 0``.
 
     >>> import torch
     >>> f = build_guide_flow("realnvp", 4)
@@ -115,16 +155,42 @@ def build_guide_flow(name: str, dim: int, context_dim: int = 0, like: torch.Tens
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(FLOW_SEED)
         flow = build(name, event_shape=(dim,), **kwargs)
+    _scale_conditioner_outputs(flow)
     like = torch.empty(0) if like is None else like
     flow.to(dtype=like.dtype, device=like.device)
     unmix = _unmixing(name, flow, dim, context_dim, like)
-    # One flat list: torch recomputes a composition's domain and codomain through every level
-    # of nesting, on every distribution built from it.
+    # One flat chain: one pass per log_prob, and torch need not recompute a nested
+    # composition's domain on every distribution built from it.
     if context_dim:
-        parts = [t.transform if isinstance(t, ConstantConditionalTransform) else t
-                 for t in getattr(flow, "transforms", [flow])]
-        return ConditionalComposeTransformModule([unmix, *parts])
-    return ComposeTransformModule([unmix, *getattr(flow, "parts", [flow])])
+        inner = getattr(flow, "flow", None)
+        if isinstance(flow, ConditionalBijector) and isinstance(inner, Chain):
+            return ConditionalBijector(Chain([unmix, *inner.parts]), context_dim)
+        return ConditionalComposeTransformModule([unmix, flow])
+    parts = list(getattr(flow, "parts", [flow]))
+    if all(isinstance(p, Bijector) for p in parts):
+        return Chain([unmix, *parts])
+    return ComposeTransformModule([unmix, *parts])
+
+
+def _one_of(name: str, value: Any, pyro_name: str, pyro_value: Any) -> Any:
+    if value is not None and pyro_value is not None:
+        raise TypeError(f"AutoFlow got both {name}= and {pyro_name}= (Pyro's name for the same "
+                        f"thing); pass one")
+    return value if value is not None else pyro_value
+
+
+def _check_flow_kwargs(flow: str, kwargs: dict[str, Any]) -> None:
+    """Build ``flow`` once on a small vector so an argument it does not take fails now, at
+    construction, rather than at the guide's first call."""
+    try:
+        with torch.random.fork_rng(devices=[]):
+            build(flow, event_shape=(2,), **kwargs)
+    except TypeError as err:
+        extra = sorted(set(kwargs) - {"num_layers", "hidden_dims"})
+        raise TypeError(
+            f"AutoFlow does not take {', '.join(map(repr, extra)) or 'these arguments'} for "
+            f"flow {flow!r} ({err}). It accepts: {', '.join(ACCEPTED)}, and the keyword "
+            f"arguments of flow {flow!r}'s couplings such as scale_bound") from None
 
 
 def _check_latent_sites(trace: Trace, owner: str) -> None:
@@ -162,14 +228,24 @@ class AutoFlow(AutoContinuous):
     is untouched), so a guide rebuilt from ``pyro.get_param_store().set_state(...)`` alone has
     the same fixed buffers; ``state_dict``/``load_state_dict`` work as for any module.
 
-    :param model: a Pyro model with continuous latent sites (at least two unconstrained
-        dimensions: a coupling splits the vector).
+    Arguments Pyro users bring from :class:`~pyro.infer.autoguide.AutoIAFNormal` and
+    :class:`~pyro.infer.autoguide.AutoNormal` keep their meaning: ``num_transforms`` is
+    ``num_layers``, ``hidden_dim`` is ``hidden_dims`` (an int is one hidden layer, as in Pyro),
+    ``init_loc_fn``, ``init_scale`` and ``create_plates`` are as there. Any other argument the
+    flow's builder does not take is a ``TypeError`` here, at construction, listing what is
+    accepted.
+
+    :param model: a Pyro model with continuous latent sites.
     :param flow: a registered unconditional vector flow: ``"realnvp"``, ``"nice"`` or ``"glow"``.
-    :param num_layers: number of couplings.
-    :param hidden_dims: widths of each coupling's MLP (default two layers of ``max(64, 4D)``).
+    :param num_layers: number of couplings (Pyro's ``num_transforms``; default
+        ``DEFAULT_NUM_LAYERS``).
+    :param hidden_dims: widths of each coupling's MLP (Pyro's ``hidden_dim``; default two
+        layers of ``max(64, 4D)``).
     :param init_loc_fn: per-site initialization of ``loc``, as for Pyro's autoguides.
     :param init_scale: initial ``scale`` of every unconstrained coordinate.
-    :param flow_kwargs: further keyword arguments of the flow's builder (e.g. ``scale_bound``).
+    :param create_plates: as for :class:`~pyro.infer.autoguide.AutoNormal`: a function of the
+        model's arguments returning the guide's plates (e.g. with the model's subsample).
+    :param flow_kwargs: further keyword arguments of the flow's couplings (e.g. ``scale_bound``).
 
     >>> import torch, pyro, pyro.distributions as dist
     >>> from pyro.infer import SVI, Trace_ELBO
@@ -185,19 +261,31 @@ class AutoFlow(AutoContinuous):
 
     scale_constraint = constraints.softplus_positive
 
-    def __init__(self, model: Callable, flow: str = "realnvp", num_layers: int = 4,
-                 hidden_dims: tuple[int, ...] | None = None,
-                 init_loc_fn: Callable = init_to_median, init_scale: float = 0.1,
-                 **flow_kwargs: Any) -> None:
+    def __init__(self, model: Callable, flow: str = "realnvp", num_layers: int | None = None,
+                 hidden_dims: int | Sequence[int] | None = None,
+                 init_loc_fn: Callable = init_to_median, init_scale: float = 0.1, *,
+                 num_transforms: int | None = None, hidden_dim: int | Sequence[int] | None = None,
+                 create_plates: Callable | None = None, **flow_kwargs: Any) -> None:
         if not isinstance(init_scale, (int, float)) or not init_scale > 0:
             raise ValueError(f"init_scale must be a positive number, got {init_scale!r}")
         e = entry(flow)
         if e.conditional or 1 not in e.event_dims:
             raise ValueError(f"AutoFlow needs an unconditional flow on vectors, got {flow!r}")
+        num_layers = _one_of("num_layers", num_layers, "num_transforms", num_transforms)
+        hidden_dims = _one_of("hidden_dims", hidden_dims, "hidden_dim", hidden_dim)
+        if isinstance(hidden_dims, int):  # Pyro's hidden_dim=H: one hidden layer of width H
+            hidden_dims = (hidden_dims,)
         self._flow_name = flow
-        self._flow_kwargs = dict(flow_kwargs, num_layers=num_layers, hidden_dims=hidden_dims)
+        self._flow_kwargs = dict(flow_kwargs, num_layers=num_layers or DEFAULT_NUM_LAYERS,
+                                 hidden_dims=tuple(hidden_dims) if hidden_dims else None)
+        if "data_init" in flow_kwargs:
+            raise ValueError("a guide flow never initializes ActNorm from data (its only inputs "
+                             "are its own draws); do not pass data_init")
+        _check_flow_kwargs(flow, self._flow_kwargs)
         self._init_scale = float(init_scale)
         super().__init__(model, init_loc_fn=init_loc_fn)
+        # AutoContinuous takes no create_plates, but its forward() creates its plates with it.
+        self.create_plates = create_plates
 
     @staticmethod
     def _prototype_hide_fn(msg: dict) -> bool:
@@ -212,15 +300,17 @@ class AutoFlow(AutoContinuous):
                 _check_latent_sites(trace, type(self).__name__)
             raise
         _check_latent_sites(self.prototype_trace, type(self).__name__)
-        if self.latent_dim < 2:
-            raise ValueError("AutoFlow needs at least 2 unconstrained latent dimensions (a "
-                             f"coupling splits the vector), the model has {self.latent_dim}; "
-                             "use AutoNormal")
         loc = self._init_loc()
+        try:
+            flow = build_guide_flow(self._flow_name, self.latent_dim, like=loc, **self._flow_kwargs)
+        except ValueError as err:
+            if self.latent_dim > 1:
+                raise
+            raise ValueError(f"flow {self._flow_name!r} cannot act on the model's single "
+                             f"unconstrained latent dimension ({err}); use AutoNormal") from err
         self.loc = nn.Parameter(loc)
         self.scale = PyroParam(torch.full_like(loc, self._init_scale), self.scale_constraint)
-        self.flow = build_guide_flow(self._flow_name, self.latent_dim, like=loc,
-                                     **self._flow_kwargs)
+        self.flow = flow
         # Pyro registers a plain nn.Module with pyro.module, which keeps the module's own
         # tensors even when the param store already holds this guide's (after set_state);
         # taking the store's makes the reload work and the optimizer train what is used.

@@ -3,6 +3,11 @@
 Both hold a ``C x C`` matrix ``W``, either as a plain parameter (log-det by ``slogdet``, O(C^3))
 or LU-parameterized as in Glow, ``W = P L (U + diag(sign * exp(log_diag)))`` with ``P`` and
 ``diag_sign`` fixed buffers, so the log-det is ``sum(log_diag)``: O(C), times ``H * W`` for images.
+
+The off-diagonal LU factors are stored multiplied by ``C`` (``L = I + lower / C``): Adam moves
+every stored entry by about the learning rate in one step, and ``C`` entries of a row moving
+together would move ``W`` by ``lr * C``, enough at SVI's learning rates (0.05) to blow up a
+guide on its first step; stored this way a step moves ``W`` by ``O(lr)`` whatever ``C``.
 """
 
 from __future__ import annotations
@@ -33,8 +38,8 @@ class _InvertibleMatrix(Bijector):
             diag = torch.diagonal(upper)
             self.register_buffer("permutation", p.argmax(dim=1))
             self.register_buffer("diag_sign", torch.sign(diag).to(torch.get_default_dtype()))
-            self.lower = nn.Parameter(torch.tril(lower, -1).to(torch.get_default_dtype()))
-            self.upper = nn.Parameter(torch.triu(upper, 1).to(torch.get_default_dtype()))
+            self.lower = nn.Parameter((torch.tril(lower, -1) * c).to(torch.get_default_dtype()))
+            self.upper = nn.Parameter((torch.triu(upper, 1) * c).to(torch.get_default_dtype()))
             self.log_diag = nn.Parameter(diag.abs().log().to(torch.get_default_dtype()))
         else:
             self.weight = nn.Parameter(q.to(torch.get_default_dtype()))
@@ -45,9 +50,10 @@ class _InvertibleMatrix(Bijector):
             w = self.weight
             logdet = torch.linalg.slogdet(w)[1]
             return (torch.linalg.inv(w) if inverse else w), logdet
-        eye = torch.eye(self.lower.shape[0], dtype=self.lower.dtype, device=self.lower.device)
-        lower = torch.tril(self.lower, -1) + eye
-        upper = torch.triu(self.upper, 1) + torch.diag(self.diag_sign * torch.exp(self.log_diag))
+        c = self.lower.shape[0]
+        eye = torch.eye(c, dtype=self.lower.dtype, device=self.lower.device)
+        lower = torch.tril(self.lower, -1) / c + eye
+        upper = torch.triu(self.upper, 1) / c + torch.diag(self.diag_sign * torch.exp(self.log_diag))
         logdet = self.log_diag.sum()
         if not inverse:
             return (lower @ upper)[self.permutation], logdet
