@@ -2,10 +2,10 @@
 
 import importlib
 
-from . import data, infer, transforms
+from . import data, infer, training, transforms
 from .model import FlowModel
 from .registry import available, build, register
-from .train import fit
+from .training import History, fit
 
 __version__ = "0.1.0"
 
@@ -18,6 +18,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "FlowModel",
+    "History",
     "available",
     "build",
     "data",
@@ -25,5 +26,6 @@ __all__ = [
     "fit",
     "infer",
     "register",
+    "training",
     "transforms",
 ]
