@@ -191,7 +191,9 @@ def build_model(config: dict) -> FlowModel:
 def load_run(run_dir: str | os.PathLike, device: str = "cpu") -> tuple[FlowModel, dict]:
     """The trained model of a run directory and its config."""
     run = RunDirectory(run_dir)
-    if not (run.path / CONFIG).is_file() and run.state() == "unfinished":
+    if not run.path.exists() and (run.old / CONFIG).is_file():
+        run.path = run.old  # a publish was cut between its renames: the old run is whole
+    elif not (run.path / CONFIG).is_file() and run.state() == "unfinished":
         command = read_config(run.partial).get("command", "pyro-flows fit ...")
         raise FileNotFoundError(f"{run.path} holds no finished run: its training was "
                                 f"interrupted; continue it with `{command}`")
