@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -148,6 +149,13 @@ def test_resume_continues_a_vector_run(tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epochs"] == 2 and metrics["status"] == "ok"
     assert json.loads((out / "config.json").read_text())["flow_kwargs"]["hidden_dims"] == [16, 16]
+
+
+def test_resume_continues_an_image_run(digits_run, tmp_path):
+    out = tmp_path / "d"
+    shutil.copytree(digits_run, out)
+    assert main([*DIGITS[:5], "2", *DIGITS[6:], "--out", str(out), "--resume"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["epochs"] == 2
 
 
 def test_a_run_without_an_effective_step_fails_and_publishes_nothing(tmp_path, capsys):

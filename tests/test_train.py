@@ -404,6 +404,7 @@ def test_checkpoint_guards(tmp_path):
     data, path = toy(32), tmp_path / CHECKPOINT_NAME
     with pytest.raises(FileNotFoundError, match=str(path)):
         fit(realnvp(), data, epochs=1, checkpoint_dir=tmp_path, resume=True, progress=False)
+    (tmp_path / f".{CHECKPOINT_NAME}.killed.tmp").write_bytes(b"half")  # a crash mid-save
     fit(realnvp(), data, epochs=1, batch_size=16, checkpoint_dir=tmp_path, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_NAME]  # no temp files left
     written = path.read_bytes()
