@@ -21,12 +21,13 @@ import json
 import math
 import os
 import shlex
+import shutil
 import signal
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -167,7 +168,10 @@ def _fit(args: argparse.Namespace) -> dict:
             raise ValueError(f"--resume with settings that differ from the run in {run.path}: "
                              f"{', '.join(changed)}; use the original ones, or --overwrite")
     torch.manual_seed(args.seed)
-    model = build_model(config).to(args.device)
+    try:
+        model = build_model(config).to(args.device)
+    except ValueError as error:
+        raise ValueError(f"--levels {args.levels}: {error}" if args.levels else error) from None
     resume = args.resume and (run.resume_source() / CHECKPOINT).is_file()
     _barrier()  # every rank has validated everything before rank 0 writes
     if rank == 0:
@@ -184,6 +188,8 @@ def _fit(args: argparse.Namespace) -> dict:
     except TrainingInterrupted as stopped:
         raise ValueError(f"{stopped}; resume with: {config['command']}") from None
     except NonFiniteTraining as error:
+        if rank == 0 and not args.resume and str(error).startswith("no step"):
+            shutil.rmtree(run.partial)  # an untrained run: nothing worth resuming
         raise ValueError(_divergence_advice(error, args, dataset)) from None
     if rank != 0:  # every rank holds the same weights; rank 0 reports
         return {}
@@ -198,7 +204,7 @@ def _divergence_advice(error: NonFiniteTraining, args: argparse.Namespace,
     data = f"; the data reach {top:.3g}: standardize them" if top > 1e4 else ""
     return (f"{what} ({error.skipped} skipped, non-finite loss or gradient){data}; try a "
             f"lower --lr (now {args.lr:g}) or a longer --warmup (now {args.warmup}), then "
-            "rerun with --overwrite")
+            "rerun" + ("" if what.startswith("no") else " with --overwrite"))
 
 
 def _finish(model: FlowModel, history, dataset: datasets.Dataset, args: argparse.Namespace,
@@ -291,25 +297,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _positive(kind: type) -> "callable":
+def _number(kind: type, low: float, rule: str) -> Callable[[str], float]:
+    """An argparse type: a finite ``kind`` above ``low`` (``rule`` says so in words)."""
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not (math.isfinite(value) and value > 0):
-            raise argparse.ArgumentTypeError(f"must be at least 1, got {text}" if kind is int
-                                             else f"must be a positive number, got {text}")
+        if not (math.isfinite(value) and value > low):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
         return value
-    parse.__name__ = kind.__name__
     return parse
-
-
-def _at_least_zero(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -317,7 +315,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     kw = {"formatter_class": argparse.ArgumentDefaultsHelpFormatter}
-    pos_int, pos_float = _positive(int), _positive(float)
+    pos_int, pos_float = _number(int, 0, "at least 1"), _number(float, 0, "a positive number")
     f = commands.add_parser("fit", help="fit a flow to data by maximum likelihood", **kw)
     f.add_argument("data", help=f"'digits', 'fashion-mnist', a 2-D toy "
                                 f"({', '.join(datasets.TOYS)}) or a .npy/.npz/.csv file")
@@ -326,7 +324,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="epochs in all (with --resume: counting those already done)")
     f.add_argument("--batch-size", type=pos_int, default=64, help="examples per step")
     f.add_argument("--lr", type=pos_float, default=1e-3, help="Adam's learning rate")
-    f.add_argument("--warmup", type=_at_least_zero, default=200,
+    f.add_argument("--warmup", type=_number(int, -1, "at least 0"), default=200,
                    help="learning-rate warm-up steps")
     f.add_argument("--patience", type=pos_int, default=None,
                    help="early stopping patience (epochs); none: train all epochs")

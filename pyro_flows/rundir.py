@@ -207,7 +207,8 @@ def load_run(run_dir: str | os.PathLike, device: str = "cpu") -> tuple[FlowModel
         state = torch.load(run.path / WEIGHTS, map_location=device, weights_only=True)
     except Exception as error:  # torch.load raises many kinds on a corrupt file
         raise ValueError(f"cannot read the run in {run.path} (corrupt or truncated?): "
-                         f"{type(error).__name__}: {error}") from error
+                         f"{type(error).__name__}: {error}; re-create it with `pyro-flows fit "
+                         "... --overwrite`") from error
     model = build_model(config).to(device)
     try:
         model.load_state_dict(state)

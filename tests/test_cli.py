@@ -166,7 +166,7 @@ def test_a_run_without_an_effective_step_fails_and_publishes_nothing(tmp_path, c
     err = capsys.readouterr().err
     assert code == 2 and "no training step took effect" in err and "--lr" in err
     assert "e+30: standardize them" in err and err.count("\n") == 1
-    assert not out.exists()
+    assert not out.exists() and not (tmp_path / ".h.partial").exists()
 
 
 def test_metrics_json_is_strict(toy_run):
@@ -185,6 +185,7 @@ def test_metrics_json_is_strict(toy_run):
     (["fit", "few.csv"], "few.csv has 5 examples; fit needs at least 6"),
     (["fit", "nch.npy"], "(20, 3, 4) are ambiguous"),
     (["fit", "odd.npy", "--flow", "glow"], "7x7 images cannot be halved"),
+    (["fit", "digits", "--levels", "9"], "--levels 9: event shape (1, 8, 8) allows 1 to 3"),
     (["fit", "two_moons", "--resume", "--overwrite"], "pass one"),
     (["fit", "two_moons", "--resume"], "holds no run to continue"),
     (["evaluate", "nokey"], "lacks event_shape"),
