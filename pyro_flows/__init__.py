@@ -2,11 +2,11 @@
 
 import importlib
 
-from . import data, infer, transforms
+from . import data, infer, training, transforms
 from .init import initialize
 from .model import FlowModel
 from .registry import available, build, register
-from .train import fit
+from .training import History, fit
 
 __version__ = "0.1.0"
 
@@ -19,6 +19,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "FlowModel",
+    "History",
     "available",
     "build",
     "data",
@@ -27,5 +28,6 @@ __all__ = [
     "infer",
     "initialize",
     "register",
+    "training",
     "transforms",
 ]

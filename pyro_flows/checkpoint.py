@@ -1,5 +1,6 @@
 """Files a run writes and reads back: atomic writes (a temporary file in the same directory,
-then a rename, so a crash leaves the old file or the new one, never half of one), checkpoints
+then a rename, so a crash leaves the old file or the new one, never half of one; a crash
+mid-write leaves a ``.NAME.*.tmp`` file that :func:`remove_stale_temp_files` clears), checkpoints
 loaded with ``weights_only=True`` (a checkpoint is data, never code), and the random-number
 states that make a resumed run continue exactly as an uninterrupted one."""
 
@@ -7,9 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import random
-import tempfile
+import secrets
 import warnings
 from pathlib import Path
 from typing import IO, Any, Callable
@@ -17,14 +19,19 @@ from typing import IO, Any, Callable
 import numpy as np
 import torch
 
-__all__ = ["atomic_write", "load_checkpoint", "rng_state", "save_json", "save_torch",
-           "set_rng_state"]
+__all__ = ["atomic_write", "load_checkpoint", "remove_stale_temp_files", "rng_state",
+           "save_json", "save_torch", "set_rng_state", "strict_json"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call ``write(file)`` on a temporary file beside ``path``, then rename it to ``path``."""
+    """Call ``write(file)`` on a temporary file beside ``path``, then rename it to ``path``.
+
+    The file gets the permissions of any new file (``0o666`` less the umask), not the
+    ``0o600`` of :func:`tempfile.mkstemp`.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -43,9 +50,39 @@ def save_torch(obj: Any, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda f: torch.save(obj, f))
 
 
+def strict_json(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by ``None``: JSON has no NaN or Infinity.
+
+    >>> strict_json({"loss": [1.5, float("nan")], "best": float("inf")})
+    {'loss': [1.5, None], 'best': None}
+    """
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
 def save_json(obj: Any, path: str | os.PathLike) -> Path:
-    """JSON, indented, written atomically."""
-    return atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
+    """Strict JSON (non-finite floats become ``null``, :func:`strict_json`), indented, written
+    atomically."""
+    text = json.dumps(strict_json(obj), indent=2, allow_nan=False)
+    return atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def remove_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
+    """Delete the ``.NAME.*.tmp`` files that :func:`atomic_write` leaves when the process dies
+    mid-write; return them. Call it before anything in ``directory`` is written again."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    stale = [p for p in directory.glob(".*.tmp") if p.is_file()]
+    for p in stale:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+    return stale
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:

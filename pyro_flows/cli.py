@@ -8,95 +8,121 @@
 
 A run directory holds ``config.json`` (how to rebuild the model and reload the data),
 ``model.pt`` (the weights), ``checkpoint.pt`` (to resume), ``metrics.json``, ``loss.png`` and
-``samples.png`` (images) or ``density.png`` (2-D data).
+``samples.png`` (images) or ``density.png`` (2-D data). It appears only once complete
+(:mod:`pyro_flows.rundir`); Ctrl-C writes a checkpoint and prints the command that resumes.
+Every error is one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
+import shlex
+import shutil
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from . import __version__, plots
 from . import data as datasets
-from . import plots
-from .checkpoint import atomic_write, save_json, save_torch
+from .checkpoint import atomic_write, save_json, save_torch, strict_json
 from .model import FlowModel
 from .registry import available
-from .train import fit
+from .rundir import (CHECKPOINT, CONFIG, METRICS, WEIGHTS, RunDirectory, build_model,
+                     check_data_source, data_source, evaluate, load_run, normalized, read_config)
+from .training import NonFiniteTraining, TrainingInterrupted, fit
 
-__all__ = ["evaluate", "main", "load_run"]
-
-CONFIG, WEIGHTS, METRICS = "config.json", "model.pt", "metrics.json"
+__all__ = ["evaluate", "load_run", "main"]
 
 
-# -- building and reloading a run ---------------------------------------------------------
 def _flow_kwargs(args: argparse.Namespace, image: bool) -> dict:
     """Architecture options of the registry builders, from the command line."""
     if image:
         return {"levels": args.levels, "steps": args.steps, "hidden_channels": args.hidden}
-    return {"num_layers": args.layers, "hidden_dims": (args.hidden, args.hidden)}
+    return {"num_layers": args.layers, "hidden_dims": [args.hidden, args.hidden]}
 
 
-def _build(config: dict) -> FlowModel:
-    image = len(config["event_shape"]) == 3
-    discrete = config["levels"] is not None
+# -- checks made before anything is written ------------------------------------------------
+def _check_device(name: str) -> None:
     try:
-        return FlowModel.build(
-            config["flow"], tuple(config["event_shape"]), data_levels=config["levels"],
-            dequantization=config["dequantization"] if discrete else None,
-            logit_alpha=0.05 if discrete else None, **config["flow_kwargs"])
-    except TypeError as error:  # a plugin builder that takes other options
-        kind = "image" if image else "vector"
-        raise ValueError(f"transform {config['flow']!r} does not accept the {kind} options "
-                         f"{sorted(config['flow_kwargs'])}: {error}") from error
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {name!r} is not a device torch knows; use cpu, cuda or "
+                         "cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: this torch has no CUDA support or sees no GPU; "
+                         "use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) visible")
 
 
-def load_run(run_dir: str | os.PathLike, device: str = "cpu") -> tuple[FlowModel, dict]:
-    """The trained model of a run directory and its config."""
-    run = Path(run_dir)
-    config_path, weights_path = run / CONFIG, run / WEIGHTS
-    for path in (config_path, weights_path):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: {run} is not a finished pyro-flows run "
-                                    f"(create one with `pyro-flows fit DATA --out {run}`)")
+def _load_data(source: str, n_bits: int | None, seed: int) -> datasets.Dataset:
+    dataset = datasets.load(source, n_bits=n_bits, seed=seed)
+    n = len(dataset.train) + len(dataset.val) + len(dataset.test)
+    if not len(dataset.val) or not len(dataset.test):
+        raise ValueError(f"{source} has {n} examples; fit needs at least 6, as it holds 10 % "
+                         "out for validation and 10 % for testing: add examples")
+    return dataset
+
+
+def _check_out(run: RunDirectory, resume: bool, overwrite: bool) -> None:
+    state = run.state()
+    if resume and overwrite:
+        raise ValueError("--resume continues a run and --overwrite replaces it: pass one")
+    if state == "foreign":
+        what = "a file" if run.path.is_file() else "a directory holding other files"
+        raise ValueError(f"--out {run.path} is {what}, not a pyro-flows run; choose another "
+                         "--out")
+    if resume and state in ("absent", "empty"):
+        raise ValueError(f"--resume: {run.path} holds no run to continue; drop --resume")
+    if resume and state == "finished" and not (run.path / CHECKPOINT).is_file():
+        raise ValueError(f"--resume: {run.path} has no {CHECKPOINT} to continue from")
+    if not (resume or overwrite) and state == "finished":
+        raise ValueError(f"{run.path} already holds a run; pass --resume to continue it, "
+                         "--overwrite to replace it, or choose another --out")
+    if not (resume or overwrite) and state == "unfinished":
+        what = ("a finished run and an unfinished one" if (run.path / CONFIG).is_file()
+                else "an unfinished run")
+        raise ValueError(f"{run.path} holds {what} (interrupted); pass --resume to continue "
+                         "the unfinished run or --overwrite to start afresh")
+
+
+def _resume_command(args: argparse.Namespace, out: Path) -> str:
+    argv = [a for a in args.argv if a not in ("--overwrite", "--resume")]
+    if args.out is None:
+        argv += ["--out", str(out)]
+    return shlex.join(["pyro-flows", *argv, "--resume"])
+
+
+@contextlib.contextmanager
+def _first_ctrl_c_asks_to_stop() -> Iterator[threading.Event]:
+    """The first Ctrl-C sets the event (training checkpoints and stops); a second one stops
+    at once. Outside the main thread Python cannot handle signals: nothing changes there."""
+    asked = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield asked
+        return
+
+    def handle(signum: int, frame: object) -> None:
+        if asked.is_set():
+            raise KeyboardInterrupt
+        asked.set()
+
+    previous = signal.signal(signal.SIGINT, handle)
     try:
-        config = json.loads(config_path.read_text())
-        state = torch.load(weights_path, map_location=device, weights_only=True)
-    except Exception as error:  # torch.load raises many kinds on a corrupt file
-        raise ValueError(f"cannot read the run in {run} (corrupt or truncated?): "
-                         f"{type(error).__name__}: {error}") from error
-    model = _build(config).to(device)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        raise ValueError(f"{weights_path} does not match the model in {config_path}: "
-                         f"{error}") from error
-    return model.eval(), config
-
-
-@torch.no_grad()
-def evaluate(model: FlowModel, data: torch.Tensor, batch_size: int = 500, seed: int = 0) -> dict:
-    """Mean test NLL in nats per example and, for discrete data, bits/dim. The dequantization
-    noise is drawn from a fixed seed, so the same model and data give the same figures."""
-    if len(data) == 0:
-        raise ValueError("no examples to evaluate")
-    device = model.base_loc.device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        nll = torch.cat([-model.log_prob(b.to(device, model.base_loc.dtype))
-                         for b in data.split(batch_size)])
-    result = {"test_nll": nll.mean().item()}
-    if model.preprocessing is not None:
-        result["test_bpd"] = result["test_nll"] / (model.event_shape.numel() * math.log(2))
-    return result
+        yield asked
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # -- the commands --------------------------------------------------------------------------
@@ -112,170 +138,255 @@ def _join_process_group(device: str) -> tuple[int, str]:
     return (dist.get_rank() if dist.is_initialized() else 0), device
 
 
-def _fit(args: argparse.Namespace) -> dict:
-    rank, args.device = _join_process_group(args.device)
-    dataset = datasets.load(args.data, n_bits=args.n_bits, seed=args.seed)
-    image = dataset.kind == "image"
-    out = Path(args.out or Path("runs") / f"{Path(dataset.name).stem}-{args.flow}")
-    if (out / CONFIG).exists() and not (args.resume or args.overwrite):
-        raise ValueError(f"{out} already holds a run; pass --resume to continue it, --overwrite "
-                         f"to replace it, or choose another --out")
-    if args.resume and not (out / CONFIG).exists():
-        raise ValueError(f"--resume: {out} holds no run to continue")
+def _barrier() -> None:
     if dist.is_initialized():
-        dist.barrier()  # every rank has checked --out before rank 0 writes into it
-    out.mkdir(parents=True, exist_ok=True)
-    config = {
-        "data": args.data, "n_bits": args.n_bits, "seed": args.seed, "flow": args.flow,
+        dist.barrier()
+
+
+def _fit(args: argparse.Namespace) -> dict:
+    _check_device(args.device)
+    rank, args.device = _join_process_group(args.device)
+    dataset = _load_data(args.data, args.n_bits, args.seed)
+    image = dataset.kind == "image"
+    run = RunDirectory(args.out or Path("runs") / f"{Path(dataset.name).stem}-{args.flow}")
+    if rank == 0:
+        run.recover()  # only undoes what a killed run left; the run itself is untouched
+    _barrier()
+    _check_out(run, args.resume, args.overwrite)
+    config = normalized({
+        **data_source(args.data), "n_bits": args.n_bits, "seed": args.seed, "flow": args.flow,
         "event_shape": list(dataset.event_shape), "levels": dataset.levels,
         "dequantization": args.dequantization, "flow_kwargs": _flow_kwargs(args, image),
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-    }
+        "warmup": args.warmup, "command": _resume_command(args, run.path)})
     if args.resume:
-        previous = json.loads((out / CONFIG).read_text())
-        changed = {k for k in config if k != "epochs" and previous.get(k) != config[k]}
+        previous = read_config(run.resume_source())
+        ignored = {"epochs", "command"}
+        changed = sorted(k for k in config if k not in ignored and k in previous
+                         and previous[k] != config[k])
         if changed:
-            raise ValueError(f"--resume with settings that differ from the run in {out}: "
-                             f"{sorted(changed)}")
+            raise ValueError(f"--resume with settings that differ from the run in {run.path}: "
+                             f"{', '.join(changed)}; use the original ones, or --overwrite")
     torch.manual_seed(args.seed)
-    model = _build(config).to(args.device)
+    try:
+        model = build_model(config).to(args.device)
+    except ValueError as error:
+        raise ValueError(f"--levels {args.levels}: {error}" if args.levels else error) from None
+    resume = args.resume and (run.resume_source() / CHECKPOINT).is_file()
+    _barrier()  # every rank has validated everything before rank 0 writes
     if rank == 0:
-        save_json(config, out / CONFIG)
+        run.begin(config, resume=args.resume)
+    _barrier()
     start = time.time()
-    history = fit(model, dataset.train, val_data=dataset.val, epochs=args.epochs,
-                  batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
-                  patience=args.patience, checkpoint_dir=out, resume=args.resume,
-                  overwrite=args.overwrite, seed=args.seed, progress=not args.quiet)
+    try:
+        with _first_ctrl_c_asks_to_stop() as asked:
+            history = fit(model, dataset.train, val_data=dataset.val, epochs=args.epochs,
+                          batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
+                          patience=args.patience, checkpoint_dir=run.partial, resume=resume,
+                          overwrite=True, seed=args.seed, progress=not args.quiet,
+                          interrupt=asked.is_set)
+    except TrainingInterrupted as stopped:
+        raise ValueError(f"{stopped}; resume with: {config['command']}") from None
+    except NonFiniteTraining as error:
+        if rank == 0 and not args.resume and str(error).startswith("no step"):
+            shutil.rmtree(run.partial)  # an untrained run: nothing worth resuming
+        raise ValueError(_divergence_advice(error, args, dataset)) from None
     if rank != 0:  # every rank holds the same weights; rank 0 reports
         return {}
-    save_torch(model.state_dict(), out / WEIGHTS)
+    return _finish(model, history, dataset, args, run, time.time() - start)
+
+
+def _divergence_advice(error: NonFiniteTraining, args: argparse.Namespace,
+                       dataset: datasets.Dataset) -> str:
+    what = ("no training step took effect" if str(error).startswith("no step")
+            else f"training stopped after {error.consecutive} non-finite steps in a row")
+    top = dataset.train.abs().max().item()
+    data = f"; the data reach {top:.3g}: standardize them" if top > 1e4 else ""
+    return (f"{what} ({error.skipped} skipped, non-finite loss or gradient){data}; try a "
+            f"lower --lr (now {args.lr:g}) or a longer --warmup (now {args.warmup}), then "
+            "rerun" + ("" if what.startswith("no") else " with --overwrite"))
+
+
+def _finish(model: FlowModel, history, dataset: datasets.Dataset, args: argparse.Namespace,
+            run: RunDirectory, seconds: float) -> dict:
+    """Score, draw and publish a trained run (rank 0)."""
     model.eval()
-    metrics = {**evaluate(model, dataset.test, seed=args.seed),
-               "val_nll": history.val_loss[-1] if history.val_loss else None,
-               "train_nll": history.train_loss[-1], "epochs": len(history.train_loss),
-               "steps": history.steps[-1], "skipped_steps": sum(history.skipped_steps),
-               "seconds": round(time.time() - start, 1),
-               "num_parameters": sum(p.numel() for p in model.parameters()),
-               "flow": args.flow, "data": dataset.name, "event_shape": list(dataset.event_shape),
-               "levels": dataset.levels, "history": history.to_dict()}
-    save_json(metrics, out / METRICS)
+    metrics = evaluate(model, dataset.test, seed=args.seed)
+    if not all(math.isfinite(v) for v in metrics.values()):
+        raise ValueError(f"the trained model gives a non-finite test NLL ({metrics['test_nll']}): "
+                         "nothing was published; try more --epochs, a lower --lr or a longer "
+                         "--warmup, then rerun with --overwrite")
+    save_torch(model.state_dict(), run.partial / WEIGHTS)
+    metrics.update({
+        "status": "ok", "val_nll": history.val_loss[-1] if history.val_loss else None,
+        "train_nll": history.train_loss[-1], "epochs": len(history.train_loss),
+        "steps": history.steps[-1], "skipped_steps": sum(history.skipped_steps),
+        "seconds": round(seconds, 1), "num_parameters": sum(p.numel() for p in model.parameters()),
+        "flow": args.flow, "data": dataset.name, "event_shape": list(dataset.event_shape),
+        "levels": dataset.levels, "history": history.to_dict()})
+    save_json(metrics, run.partial / METRICS)
     d = dataset.test[0].numel()
     per_dim = 1 / (d * math.log(2)) if dataset.levels else 1.0
-    plots.loss_curve(history.to_dict(), out / "loss.png", scale=per_dim,
+    plots.loss_curve(history.to_dict(), run.partial / "loss.png", scale=per_dim,
                      unit="bits/dim" if dataset.levels else "nats per example")
     torch.manual_seed(args.seed)
-    if image:
-        plots.image_grid(model.sample(64, temperature=0.7).cpu(), out / "samples.png",
+    if dataset.kind == "image":
+        plots.image_grid(model.sample(64, temperature=0.7).cpu(), run.partial / "samples.png",
                          dataset.levels, title=f"{args.flow} samples, T=0.7")
     elif dataset.event_shape == (2,):
         plots.density_plot(lambda x: model.log_prob(x.to(args.device)), dataset.test,
-                           model.sample(2000).cpu(), out / "density.png")
+                           model.sample(2000).cpu(), run.partial / "density.png")
+    run.publish()
     summary = f"test NLL {metrics['test_nll']:.4f} nats/example"
     if "test_bpd" in metrics:
         summary += f", {metrics['test_bpd']:.4f} bits/dim"
-    print(f"{summary}; run written to {out}")
+    print(f"{summary}; run written to {run.path}")
     return metrics
 
 
-def _sample(args: argparse.Namespace) -> torch.Tensor:
-    model, config = load_run(args.run_dir, args.device)
-    torch.manual_seed(args.seed)
-    samples = model.sample(args.n, temperature=args.temperature).cpu()
-    out = Path(args.out or Path(args.run_dir) / f"samples-T{args.temperature:g}.png")
-    if out.suffix == ".npy":
-        atomic_write(out, lambda f: np.save(f, samples.numpy()))
-    elif out.suffix == ".png":
-        if samples.dim() == 4:
-            plots.image_grid(samples, out, config["levels"],
-                             title=f"{config['flow']} samples, T={args.temperature:g}")
-        elif samples.shape[-1] == 2:
-            data = datasets.load(config["data"], n_bits=config["n_bits"], seed=config["seed"])
-            plots.density_plot(lambda x: model.log_prob(x.to(args.device)), data.test,
-                               samples, out)
-        else:
-            raise ValueError(f"cannot draw {tuple(samples.shape[1:])}-shaped samples; use --out "
-                             f"FILE.npy")
-    else:
-        raise ValueError(f"--out must end in .png or .npy, got {out}")
-    print(f"{args.n} samples at temperature {args.temperature:g} written to {out}")
-    return samples
-
-
-def _evaluate(args: argparse.Namespace) -> dict:
-    model, config = load_run(args.run_dir, args.device)
+def _run_data(args: argparse.Namespace, config: dict) -> datasets.Dataset:
+    """The data of a run: ``--data`` if given, else the recorded source, checked unchanged."""
+    if args.data is None:
+        check_data_source(config, args.run_dir)
     source = args.data or config["data"]
     dataset = datasets.load(source, n_bits=config["n_bits"], seed=config["seed"])
     if tuple(dataset.event_shape) != tuple(config["event_shape"]):
         raise ValueError(f"{source} has examples of shape {tuple(dataset.event_shape)}, the "
                          f"model expects {tuple(config['event_shape'])}")
+    return dataset
+
+
+def _sample(args: argparse.Namespace) -> torch.Tensor:
+    _check_device(args.device)
+    model, config = load_run(args.run_dir, args.device)
+    out = Path(args.out or Path(args.run_dir) / f"samples-T{args.temperature:g}.png")
+    if out.suffix not in (".npy", ".png"):
+        raise ValueError(f"--out must end in .png or .npy, got {out}")
+    torch.manual_seed(args.seed)
+    samples = model.sample(args.n, temperature=args.temperature).cpu()
+    if out.suffix == ".npy":
+        atomic_write(out, lambda f: np.save(f, samples.numpy()))
+    elif samples.dim() == 4:
+        plots.image_grid(samples, out, config["levels"],
+                         title=f"{config['flow']} samples, T={args.temperature:g}")
+    elif samples.shape[-1] == 2:
+        plots.density_plot(lambda x: model.log_prob(x.to(args.device)),
+                           _run_data(args, config).test, samples, out)
+    else:
+        raise ValueError(f"cannot draw {tuple(samples.shape[1:])}-shaped samples; use --out "
+                         "FILE.npy")
+    print(f"{args.n} samples at temperature {args.temperature:g} written to {out}")
+    return samples
+
+
+def _evaluate(args: argparse.Namespace) -> dict:
+    _check_device(args.device)
+    model, config = load_run(args.run_dir, args.device)
+    dataset = _run_data(args, config)
     metrics = evaluate(model, dataset.test.to(args.device), seed=config["seed"])
-    print(json.dumps(metrics))
+    print(json.dumps(strict_json(metrics), allow_nan=False))
     return metrics
 
 
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line naming the problem and where help is."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _number(kind: type, low: float, rule: str) -> Callable[[str], float]:
+    """An argparse type: a finite ``kind`` above ``low`` (``rule`` says so in words)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (math.isfinite(value) and value > low):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
+        return value
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pyro-flows", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="pyro-flows", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    f = commands.add_parser("fit", help="fit a flow to data by maximum likelihood")
+    kw = {"formatter_class": argparse.ArgumentDefaultsHelpFormatter}
+    pos_int, pos_float = _number(int, 0, "at least 1"), _number(float, 0, "a positive number")
+    f = commands.add_parser("fit", help="fit a flow to data by maximum likelihood", **kw)
     f.add_argument("data", help=f"'digits', 'fashion-mnist', a 2-D toy "
                                 f"({', '.join(datasets.TOYS)}) or a .npy/.npz/.csv file")
     f.add_argument("--flow", default="glow", help=f"a registered flow: {', '.join(available())}")
-    f.add_argument("--epochs", type=int, default=30)
-    f.add_argument("--batch-size", type=int, default=64)
-    f.add_argument("--lr", type=float, default=1e-3)
-    f.add_argument("--warmup", type=int, default=200, help="learning-rate warm-up steps")
-    f.add_argument("--patience", type=int, default=None, help="early stopping patience (epochs)")
-    f.add_argument("--levels", type=int, default=None, help="scales L of an image flow")
-    f.add_argument("--steps", type=int, default=8, help="flow steps K per scale (images)")
-    f.add_argument("--layers", type=int, default=8, help="couplings of a vector flow")
-    f.add_argument("--hidden", type=int, default=64, help="hidden width (channels or units)")
-    f.add_argument("--dequantization", choices=["uniform", "variational"], default="uniform")
-    f.add_argument("--n-bits", type=int, default=None, help="bits per value of a data file")
-    f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--device", default="cpu")
+    f.add_argument("--epochs", type=pos_int, default=30,
+                   help="epochs in all (with --resume: counting those already done)")
+    f.add_argument("--batch-size", type=pos_int, default=64, help="examples per step")
+    f.add_argument("--lr", type=pos_float, default=1e-3, help="Adam's learning rate")
+    f.add_argument("--warmup", type=_number(int, -1, "at least 0"), default=200,
+                   help="learning-rate warm-up steps")
+    f.add_argument("--patience", type=pos_int, default=None,
+                   help="early stopping patience (epochs); none: train all epochs")
+    f.add_argument("--levels", type=pos_int, default=None,
+                   help="scales L of an image flow (default: as many as the size allows, <= 3)")
+    f.add_argument("--steps", type=pos_int, default=8, help="flow steps K per scale (images)")
+    f.add_argument("--layers", type=pos_int, default=8, help="couplings of a vector flow")
+    f.add_argument("--hidden", type=pos_int, default=64, help="hidden width (channels or units)")
+    f.add_argument("--dequantization", choices=["uniform", "variational"], default="uniform",
+                   help="dequantization of discrete data")
+    f.add_argument("--n-bits", type=pos_int, default=None,
+                   help="bits per value of a data file of integers (none: continuous data)")
+    f.add_argument("--seed", type=int, default=0, help="seeds the split, weights and data order")
+    f.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N")
     f.add_argument("--out", default=None, help="run directory (default runs/DATA-FLOW)")
     f.add_argument("--resume", action="store_true", help="continue the run in --out")
     f.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     f.add_argument("--quiet", action="store_true", help="no progress bar")
     f.set_defaults(run=_fit)
-    s = commands.add_parser("sample", help="draw samples from a fitted run")
-    s.add_argument("run_dir")
-    s.add_argument("--n", type=int, default=64)
-    s.add_argument("--temperature", type=float, default=1.0)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default="cpu")
-    s.add_argument("--out", default=None, help="a .png (grid or density plot) or a .npy file")
+    s = commands.add_parser("sample", help="draw samples from a fitted run", **kw)
+    s.add_argument("run_dir", help="a run directory written by pyro-flows fit")
+    s.add_argument("--n", type=pos_int, default=64, help="number of samples")
+    s.add_argument("--temperature", type=pos_float, default=1.0,
+                   help="scale of the base distribution (below 1: smoother samples)")
+    s.add_argument("--seed", type=int, default=0, help="seeds the draw")
+    s.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N")
+    s.add_argument("--data", default=None,
+                   help="data for the 2-D density plot (default: the run's own)")
+    s.add_argument("--out", default=None, help="a .png (grid or density plot) or a .npy file "
+                                               "(default: RUN_DIR/samples-T<temperature>.png)")
     s.set_defaults(run=_sample)
-    e = commands.add_parser("evaluate", help="test NLL and bits/dim of a fitted run")
-    e.add_argument("run_dir")
-    e.add_argument("--data", default=None, help="another data source of the same shape")
-    e.add_argument("--device", default="cpu")
+    e = commands.add_parser("evaluate", help="test NLL and bits/dim of a fitted run", **kw)
+    e.add_argument("run_dir", help="a run directory written by pyro-flows fit")
+    e.add_argument("--data", default=None,
+                   help="another data source of the same shape (default: the run's own)")
+    e.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N")
     e.set_defaults(run=_evaluate)
     for command in (f, s, e):
         # OpenMP threads wait for each other whenever one is descheduled: with another job on
         # the cores, `fit digits` ran 40x slower on 2 threads than on 1.
-        command.add_argument("--threads", type=_positive_int, default=None,
+        command.add_argument("--threads", type=pos_int, default=None,
                              help="CPU threads for torch (default: torch's choice); use 1 on "
                                   "a machine busy with other jobs")
     return parser
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
+    args.argv = argv
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     try:
         args.run(args)
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError, ImportError) as error:
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError, ImportError,
+            OSError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"pyro-flows {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"pyro-flows {args.command}: error: interrupted; nothing was published (an "
+              "unfinished fit continues with the same command plus --resume)", file=sys.stderr)
         return 2
     finally:
         if dist.is_initialized():

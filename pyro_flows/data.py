@@ -327,6 +327,9 @@ def _read_numpy(path: Path) -> np.ndarray:
     except ValueError as e:
         # numpy's messages (e.g. refusing a pickled object array) omit the file.
         raise ValueError(f"{path}: {e}") from None
+    except (EOFError, OSError) as e:  # an empty or truncated file
+        raise ValueError(f"{path}: empty or truncated NumPy file ({e}); save it again "
+                         f"with numpy.save") from None
 
 
 def load_array(path: PathLike, n_bits: int | None = None) -> torch.Tensor:
@@ -338,8 +341,8 @@ def load_array(path: PathLike, n_bits: int | None = None) -> torch.Tensor:
 
     :param n_bits: for discrete data: values must be the integers
         ``0 .. 2**n_bits - 1`` (the data then have ``2**n_bits`` levels).
-    :returns: float32 tensor ``(N, D)`` or ``(N, C, H, W)``; ``(N, H, W)``
-        input becomes ``(N, 1, H, W)``.
+    :returns: float32 tensor ``(N, D)`` or ``(N, C, H, W)``; anything else is refused, since
+        an ``(N, A, B)`` array could be grey images or channels of rows.
     :raises ValueError: naming the file, for bad shape, non-finite or out-of-range values.
     """
     path = Path(path)
@@ -353,11 +356,14 @@ def load_array(path: PathLike, n_bits: int | None = None) -> torch.Tensor:
     if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
         raise ValueError(f"{path}: data must be real numbers, got dtype {x.dtype}")
     if x.ndim == 3:
-        x = x[:, None]
+        raise ValueError(
+            f"{path}: data of shape {x.shape} are ambiguous; save grey images as "
+            f"(N, 1, H, W) (x[:, None]) or vectors as (N, D) (x.reshape(len(x), -1))"
+        )
     if x.ndim not in (2, 4) or x.shape[0] == 0:
         raise ValueError(
-            f"{path}: data of shape {x.shape}; expected (N, D) vectors, (N, H, W) or "
-            f"(N, C, H, W) images with N >= 1"
+            f"{path}: data of shape {x.shape}; expected (N, D) vectors or (N, C, H, W) "
+            f"images with N >= 1"
         )
     bad = x.size - int(np.count_nonzero(np.isfinite(x)))
     if bad:

@@ -299,6 +299,8 @@ class FlowModel(nn.Module):
         the flow and, with ``"variational"``, the dequantizer.
         """
         data = self._check(data)
+        if data.numel() == 0:  # torch's Independent.log_prob cannot reshape an empty batch
+            return data.new_zeros(data.shape[:data.dim() - len(self.event_shape)])
         if self.preprocessing is None:
             x, ladj = data, 0.0
         else:

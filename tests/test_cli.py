@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 import torch
 
+import pyro_flows
 from pyro_flows.cli import load_run, main
 
 TOY = ["fit", "two_moons", "--flow", "realnvp", "--epochs", "1", "--layers", "2", "--hidden",
@@ -123,3 +131,182 @@ def test_resume_with_other_settings_is_refused(toy_run, capsys):
 def test_weights_load_without_pickle(toy_run):
     state = torch.load(toy_run / "model.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
+
+
+# -- issue 10: runs never lose work -------------------------------------------------------
+def cli(*argv, cwd=None, **kw) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-m", "pyro_flows.cli", *argv], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_resume_continues_a_vector_run(tmp_path, capsys):
+    # hidden_dims came back from config.json as a list and was compared with a tuple.
+    out = tmp_path / "r"
+    assert main([*TOY, "--out", str(out)]) == 0
+    assert main([*TOY[:5], "2", *TOY[6:], "--out", str(out), "--resume"]) == 0, \
+        capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and metrics["status"] == "ok"
+    assert json.loads((out / "config.json").read_text())["flow_kwargs"]["hidden_dims"] == [16, 16]
+
+
+def test_resume_continues_an_image_run(digits_run, tmp_path):
+    out = tmp_path / "d"
+    shutil.copytree(digits_run, out)
+    assert main([*DIGITS[:5], "2", *DIGITS[6:], "--out", str(out), "--resume"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["epochs"] == 2
+
+
+def test_a_run_without_an_effective_step_fails_and_publishes_nothing(tmp_path, capsys):
+    np.save(tmp_path / "huge.npy", np.random.default_rng(0).standard_normal((200, 2)) * 1e30)
+    out = tmp_path / "h"
+    code = main(["fit", str(tmp_path / "huge.npy"), "--flow", "realnvp", "--epochs", "1",
+                 "--layers", "2", "--hidden", "8", "--quiet", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "no training step took effect" in err and "--lr" in err
+    assert "e+30: standardize them" in err and err.count("\n") == 1
+    assert not out.exists() and not (tmp_path / ".h.partial").exists()
+
+
+def test_metrics_json_is_strict(toy_run):
+    text = (toy_run / "metrics.json").read_text()
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["fit", "two_moons", "--epochs", "0"], "--epochs: must be at least 1, got 0"),
+    (["fit", "two_moons", "--batch-size", "-3"], "--batch-size: must be at least 1"),
+    (["fit", "two_moons", "--lr", "nan"], "--lr: must be a positive number"),
+    (["fit", "two_moons", "--device", "cuda"], "--device cuda: this torch has no CUDA"),
+    (["fit", "two_moons", "--device", "gpu7"], "is not a device torch knows"),
+    (["fit", "two_moons", "--out", "afile"], "--out afile is a file"),
+    (["fit", "empty.npy"], "empty.npy: empty or truncated"),
+    (["fit", "few.csv"], "few.csv has 5 examples; fit needs at least 6"),
+    (["fit", "nch.npy"], "(20, 3, 4) are ambiguous"),
+    (["fit", "odd.npy", "--flow", "glow"], "7x7 images cannot be halved"),
+    (["fit", "digits", "--levels", "9"], "--levels 9: event shape (1, 8, 8) allows 1 to 3"),
+    (["fit", "two_moons", "--resume", "--overwrite"], "pass one"),
+    (["fit", "two_moons", "--resume"], "holds no run to continue"),
+    (["evaluate", "nokey"], "lacks event_shape"),
+    (["evaluate", "partial"], "holds no finished run"),
+])
+def test_every_bad_input_is_one_line_and_exit_code_2(argv, message, tmp_path, monkeypatch,
+                                                     capsys, toy_run):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "empty.npy").write_bytes(b"")
+    (tmp_path / "few.csv").write_text("a,b\n" + "1,2\n" * 5)
+    np.save(tmp_path / "nch.npy", np.zeros((20, 3, 4)))
+    np.save(tmp_path / "odd.npy", np.zeros((20, 1, 7, 7)))
+    (tmp_path / "nokey").mkdir()
+    config = json.loads((toy_run / "config.json").read_text())
+    del config["event_shape"]
+    (tmp_path / "nokey" / "config.json").write_text(json.dumps(config))
+    (tmp_path / "nokey" / "model.pt").write_bytes((toy_run / "model.pt").read_bytes())
+    (tmp_path / ".partial.partial").mkdir()
+    (tmp_path / ".partial.partial" / "config.json").write_text(
+        (toy_run / "config.json").read_text())
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(SystemExit) as exit_:
+        sys.exit(main([*argv, "--quiet"] if argv[0] == "fit" else argv))
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+def test_help_shows_defaults_and_version(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    text = capsys.readouterr().out
+    for option in ("--epochs", "--batch-size", "--lr", "--seed", "--device"):
+        assert option in text
+    assert "(default: 30)" in text and "(default: cpu)" in text and "(default: 0.001)" in text
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"pyro-flows {pyro_flows.__version__}"
+
+
+def test_files_get_ordinary_permissions(toy_run):
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in toy_run.iterdir():
+        assert path.stat().st_mode & 0o777 == 0o666 & ~mask, path
+
+
+def test_a_run_works_from_any_directory_and_refuses_changed_data(tmp_path, monkeypatch,
+                                                                 capsys):
+    rows = np.random.default_rng(0).standard_normal((60, 2))
+    np.savetxt(tmp_path / "data.csv", rows, delimiter=",", header="a,b", comments="")
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", "data.csv", "--flow", "realnvp", "--epochs", "1", "--layers", "2",
+                 "--hidden", "8", "--quiet", "--out", "run"]) == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["evaluate", "../run"]) == 0
+    assert main(["sample", "../run", "--n", "8", "--out", "s.png"]) == 0
+    capsys.readouterr()
+    (tmp_path / "data.csv").write_text((tmp_path / "data.csv").read_text() + "1,2\n")
+    assert main(["evaluate", "../run"]) == 2
+    assert "has changed since the run was trained" in capsys.readouterr().err
+    (tmp_path / "data.csv").rename(tmp_path / "moved.csv")
+    assert main(["evaluate", "../run"]) == 2
+    assert "is gone (moved or deleted)" in capsys.readouterr().err
+    assert main(["evaluate", "../run", "--data", "../moved.csv"]) == 0
+
+
+def test_a_killed_overwrite_leaves_the_old_run_whole(tmp_path, capsys):
+    out = tmp_path / "ow"
+    assert main([*TOY, "--out", str(out)]) == 0
+    old = {p.name: p.read_bytes() for p in out.iterdir()}
+    job = cli("fit", "circles", "--flow", "realnvp", "--epochs", "200", "--layers", "2",
+              "--hidden", "16", "--batch-size", "512", "--quiet", "--out", str(out),
+              "--overwrite")
+    partial = tmp_path / ".ow.partial" / "checkpoint.pt"
+    deadline = time.time() + 60
+    while not partial.exists() and time.time() < deadline and job.poll() is None:
+        time.sleep(0.05)
+    job.send_signal(signal.SIGKILL)
+    job.communicate()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == old
+    capsys.readouterr()
+    assert main(["evaluate", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["test_nll"] == pytest.approx(json.loads(old["metrics.json"])["test_nll"])
+    # the unfinished replacement is kept, and a plain fit says what to do with it
+    assert main([*TOY, "--out", str(out)]) == 2
+    assert "and an unfinished one" in capsys.readouterr().err
+
+
+def test_ctrl_c_writes_a_checkpoint_and_prints_the_resume_command(tmp_path):
+    out = tmp_path / "c"
+    argv = [*TOY[:5], "500", *TOY[6:], "--out", str(out)]
+    job = cli(*argv)
+    checkpoint = tmp_path / ".c.partial" / "checkpoint.pt"
+    deadline = time.time() + 60
+    while not checkpoint.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    job.send_signal(signal.SIGINT)
+    _, err = job.communicate(timeout=60)
+    assert job.returncode == 2 and err.count("\n") == 1, err
+    command = err.split("resume with: ")[1].strip()
+    assert command == shlex.join(["pyro-flows", *argv, "--resume"])
+    ckpt = torch.load(checkpoint, weights_only=True)
+    assert ckpt["position"] > 0 or ckpt["epoch"] > 0
+    assert not out.exists()
+
+
+def test_stale_temp_files_are_removed_on_the_next_start(tmp_path):
+    out = tmp_path / "t"
+    partial = tmp_path / ".t.partial"
+    partial.mkdir()
+    (partial / ".checkpoint.pt.1234abcd.tmp").write_bytes(b"half")
+    assert main([*TOY, "--out", str(out)]) == 0
+    assert not partial.exists()
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_log_prob_of_no_examples_is_empty():
+    model = pyro_flows.FlowModel.build("realnvp", (2,), num_layers=2)
+    assert model.log_prob(torch.empty(0, 2)).shape == (0,)

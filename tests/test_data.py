@@ -209,10 +209,17 @@ def test_load_array_npy_vectors_and_images(tmp_path):
     assert data.load_array(tmp_path / "i.npy").shape == (4, 3, 5, 5)
 
 
-def test_load_array_promotes_nhw(tmp_path):
+def test_load_array_refuses_three_axes(tmp_path):
+    # (N, C, H) or (N, H, W)? Guessing trained (N, C, H) arrays as (N, 1, C, H) images.
     np.save(tmp_path / "g.npy", np.arange(2 * 4 * 4).reshape(2, 4, 4))
-    x = data.load_array(tmp_path / "g.npy", n_bits=5)
-    assert x.shape == (2, 1, 4, 4) and x[1, 0, 3, 3] == 31
+    with pytest.raises(ValueError, match=r"\(2, 4, 4\) are ambiguous.*\(N, 1, H, W\)"):
+        data.load_array(tmp_path / "g.npy", n_bits=5)
+
+
+def test_load_array_empty_file_is_named(tmp_path):
+    (tmp_path / "e.npy").write_bytes(b"")
+    with pytest.raises(ValueError, match="e.npy: empty or truncated"):
+        data.load_array(tmp_path / "e.npy")
 
 
 def test_load_array_npz_keys(tmp_path):

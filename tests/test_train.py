@@ -3,7 +3,6 @@ stopping, the History, input errors, checkpoints and exact resumption."""
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import random
@@ -18,7 +17,7 @@ from torch.utils.data import TensorDataset
 from pyro_flows import FlowModel
 
 import pyro_flows
-from pyro_flows.train import CHECKPOINT_NAME, History, adam, fit, linear_warmup
+from pyro_flows.train import CHECKPOINT_NAME, History, fit
 
 
 class Density(nn.Module):
@@ -145,60 +144,6 @@ def record_adam(monkeypatch):
 
 
 # -- warm-up and clipping -----------------------------------------------------------------
-def test_linear_warmup_values():
-    opt = torch.optim.Adam([nn.Parameter(torch.zeros(1))], lr=2.0)
-    sched, lrs = linear_warmup(opt, 4), []
-    for _ in range(6):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    assert lrs == pytest.approx([0.5, 1.0, 1.5, 2.0, 2.0, 2.0])
-    opt = torch.optim.Adam([nn.Parameter(torch.zeros(1))], lr=2.0)
-    linear_warmup(opt, 0)
-    assert opt.param_groups[0]["lr"] == 2.0
-    with pytest.raises(ValueError, match="warmup_steps"):
-        linear_warmup(opt, -1)
-
-
-def test_adam_is_fused_only_where_torch_has_the_kernel():
-    assert adam([nn.Parameter(torch.zeros(2))], 1e-3).defaults["fused"]
-    complex_ = adam([nn.Parameter(torch.zeros(2, dtype=torch.complex64))], 1e-3)
-    assert not complex_.defaults["fused"]
-
-
-def _glow_step(model, optimizer, x):
-    optimizer.zero_grad()
-    (-model.log_prob(x).mean()).backward()
-    optimizer.step()
-
-
-def test_adam_loads_state_of_another_layout_and_stays_fused():
-    """torch's fused Adam reads state laid out unlike its weight as the wrong elements; a state
-    saved unfused from NCHW weights must resume exactly like the unfused optimizer would."""
-    torch.manual_seed(0)
-    x = torch.rand(8, 1, 8, 8)
-    model = FlowModel.build("glow", (1, 8, 8), levels=1, steps=2, hidden_channels=8)
-    unfused = torch.optim.Adam(model.parameters(), lr=1e-2)
-    _glow_step(model, unfused, x)
-    _glow_step(model, unfused, x)
-    saved_model = {k: v.clone() for k, v in model.state_dict().items()}
-    saved = copy.deepcopy(unfused.state_dict())
-    for state in saved["state"].values():  # as written before the conv weights went channels-last
-        for name, value in state.items():
-            state[name] = value.contiguous()
-    assert any(not p.is_contiguous() for p in model.parameters())
-
-    _glow_step(model, unfused, x)
-    expected = [p.detach().clone() for p in model.parameters()]
-    model.load_state_dict(saved_model)
-    resumed = adam(list(model.parameters()), 1e-2)
-    resumed.load_state_dict(saved)
-    assert all(g["fused"] for g in resumed.param_groups)
-    _glow_step(model, resumed, x)
-    for p, q in zip(model.parameters(), expected):
-        torch.testing.assert_close(p.detach(), q, rtol=1e-5, atol=1e-6)
-
-
 def test_fit_warms_up_each_step(record_adam):
     history = fit(realnvp(), toy(80), epochs=1, batch_size=16, lr=0.01, warmup_steps=3,
                   progress=False)
@@ -218,28 +163,10 @@ def test_fit_clips_gradient_norm(record_adam):
 
 
 # -- the non-finite guard -----------------------------------------------------------------
-@pytest.mark.parametrize("kind", ["loss", "gradient"])
-def test_guard_skips_and_rolls_back(kind):
-    model = Sabotaged(lambda call: call == 4, kind)
-    start = weights(model)
-    history = fit(model, toy(64), epochs=1, batch_size=16, snapshot_every=1000, progress=False)
-    # Step 4 of 4 failed: it was skipped and the model went back to the last snapshot, the one
-    # taken before the first step, although steps 1 to 3 had moved it.
-    assert model.calls == 4
-    assert history.skipped_steps == [1] and history.steps == [0]
-    assert same(weights(model), start)
-
-    model = Sabotaged(lambda call: call == 3, kind)
-    history = fit(model, toy(64), epochs=1, batch_size=16, snapshot_every=1, progress=False)
-    assert history.skipped_steps == [1] and history.steps == [3]
-    assert math.isfinite(history.train_loss[0]) and not same(weights(model), start)
-
-
 def test_guard_gives_up_with_advice():
     model = Sabotaged(lambda call: call >= 3)
     with pytest.raises(RuntimeError, match=r"3 consecutive steps.*lower lr.*warmup_steps"):
-        fit(model, toy(256), epochs=2, batch_size=16, max_bad_steps=3, snapshot_every=1,
-            progress=False)
+        fit(model, toy(256), epochs=2, batch_size=16, max_bad_steps=3, progress=False)
     assert model.calls == 5
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
@@ -356,6 +283,7 @@ def test_checkpoint_guards(tmp_path):
     data, path = toy(32), tmp_path / CHECKPOINT_NAME
     with pytest.raises(FileNotFoundError, match=str(path)):
         fit(realnvp(), data, epochs=1, checkpoint_dir=tmp_path, resume=True, progress=False)
+    (tmp_path / f".{CHECKPOINT_NAME}.killed.tmp").write_bytes(b"half")  # a crash mid-save
     fit(realnvp(), data, epochs=1, batch_size=16, checkpoint_dir=tmp_path, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_NAME]  # no temp files left
     written = path.read_bytes()
@@ -384,7 +312,7 @@ def test_checkpoint_guards(tmp_path):
 ], ids=["vector_glow", "image_glow"])
 def test_resume_matches_uninterrupted_run(tmp_path, build, data):
     settings = dict(batch_size=8, lr=3e-3, warmup_steps=3, val_data=data[:8], seed=7,
-                    snapshot_every=2, progress=False)
+                    progress=False)
 
     def seeded():
         torch.manual_seed(11), np.random.seed(11), random.seed(11)
@@ -426,6 +354,7 @@ def test_validation_evaluates_each_example_once_and_bits_match_the_loss():
     val = torch.randint(0, 17, (100, 4)).float()
     history = fit(model, torch.randint(0, 17, (64, 4)).float(), val_data=val, epochs=1,
                   batch_size=64, progress=False)
-    # one no-grad pass for ActNorm's initialization, one training step, validation in 2 batches
-    assert seen == [64, 64, 64, 36]
+    # A vector RealNVP has no ActNorm, so initialize has nothing to run: one training step,
+    # then validation in 2 batches.
+    assert seen == [64, 64, 36]
     assert history.val_bits_per_dim[0] == pytest.approx(history.val_loss[0] / (4 * math.log(2)))
