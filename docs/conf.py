@@ -8,7 +8,7 @@ the tutorials use only data bundled with scikit-learn or generated in the script
 from __future__ import annotations
 
 import inspect
-import os
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE / "_ext"))  # tutorial_order, the gallery's sort key
 
 project = "pyro-flows"
 author = "the pyro-flows developers"
@@ -26,7 +27,7 @@ extensions = [
     "sphinx.ext.viewcode",
     "sphinx_gallery.gen_gallery",
 ]
-exclude_patterns = ["_build", "_intersphinx", "tutorials"]
+exclude_patterns = ["_build", "_ext", "_intersphinx", "tutorials"]
 html_theme = "alabaster"
 html_theme_options = {"page_width": "1100px", "sidebar_width": "230px"}
 
@@ -55,12 +56,11 @@ sphinx_gallery_conf = {
     "examples_dirs": "tutorials",
     "gallery_dirs": "auto_tutorials",
     "filename_pattern": r"/plot_",  # every plot_*.py runs; drop one in and it joins the gallery
-    "within_subsection_order": "FileNameSortKey",
+    "within_subsection_order": "tutorial_order.TutorialOrder",
     "download_all_examples": False,
     "remove_config_comments": True,
     "matplotlib_animations": False,
     "image_scrapers": ("matplotlib",),
-    "reference_url": {"pyro_flows": None},
     "show_memory": False,
 }
 

@@ -25,6 +25,7 @@ from pyro_flows.data import load_digits_images
 from pyro_flows.infer import AmortizedFlow, iwae_log_likelihood
 
 pyro.set_rng_seed(0)
+# sphinx_gallery_thumbnail_number = 2
 
 # %%
 # Data and model
