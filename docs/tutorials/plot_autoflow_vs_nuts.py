@@ -126,7 +126,7 @@ fig.tight_layout()
 
 # %%
 # The marginal of ``a`` with ArviZ's own density plot: the Gaussian guide is too narrow and
-# misplaced, the flow close to NUTS.
+# misplaced, the flow much closer to NUTS.
 
 axes = arviz.plot_density([idata_nuts, idata["AutoNormal"], idata["AutoFlow"]],
                           data_labels=["NUTS", "AutoNormal", "AutoFlow"], var_names=["a"],
