@@ -18,7 +18,7 @@ name                                vectors ``(D,)``                           i
 ``nice``                            :func:`nice`: additive couplings, scaling  :class:`MultiScaleFlow` ``kind="nice"``
 ``realnvp``                         :func:`realnvp`: affine couplings          :class:`MultiScaleFlow` ``kind="realnvp"``
 ``glow``                            :func:`vector_glow`: Glow steps            :class:`Glow` (multi-scale)
-``conditional_<coupling or flow>``  the conditional twin of the above; ``context_dim`` is required
+``conditional_<coupling or flow>``  its twin; needs ``context_dim``             its twin; needs ``context_dim``
 ==================================  =========================================  ==========================================
 
 (classes from :mod:`pyro_flows.transforms`; the vector flows are Pyro

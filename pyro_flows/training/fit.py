@@ -154,7 +154,7 @@ def fit(
     :param interrupt: called after each step (every ``log_every`` steps under
         ``torch.distributed``); when it returns ``True``, ``fit`` writes a checkpoint at that
         step and raises :class:`TrainingInterrupted`.
-    :raises NonFiniteTraining: after ``max_bad_steps`` consecutive non-finite steps, or when
+    :raises ~pyro_flows.training.NonFiniteTraining: after ``max_bad_steps`` consecutive non-finite steps, or when
         no step at all took effect.
     :raises FileExistsError: ``checkpoint_dir`` holds a checkpoint and neither ``resume`` nor
         ``overwrite`` is set.
