@@ -8,7 +8,7 @@ bits/dim it reports are measured against the data as stored.
 
 Sources:
 
-* 2-D toy densities (:data:`TOYS`, :func:`toy`), generated from a seed;
+* 2-D toy densities (:mod:`pyro_flows.toys`, also reachable here), generated from a seed;
 * scikit-learn's bundled 8x8 digits (:func:`load_digits_images`);
 * Fashion-MNIST from IDX files (:func:`read_idx`, :func:`load_fashion_mnist`);
 * the user's own ``.npy`` / ``.npz`` / ``.csv`` files (:func:`load_array`).
@@ -25,19 +25,20 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
+from .toys import (TOYS, _count, checkerboard, circles, eight_gaussians, pinwheel, spirals, toy,
+                   two_moons)
+
+# The toy densities (pyro_flows.toys) are reachable here too, as pyro_flows.data.two_moons etc.
 __all__ = [
-    "Splits", "TOYS", "toy", "two_moons", "circles", "eight_gaussians", "checkerboard",
-    "pinwheel", "spirals", "DIGITS_LEVELS", "load_digits_images", "read_idx",
-    "FASHION_MNIST_ROOT", "FASHION_MNIST_ENV", "load_fashion_mnist", "load_array", "load",
+    "Splits", "DIGITS_LEVELS", "load_digits_images", "read_idx", "FASHION_MNIST_ROOT",
+    "FASHION_MNIST_ENV", "load_fashion_mnist", "load_array", "load",
 ]
 
 PathLike = str | os.PathLike
-
 
 # Splits ---------------------------------------------------------------------
 
@@ -95,109 +96,11 @@ class Splits:
             f"levels={self.levels})"
         )
 
-
-# 2-D toys -------------------------------------------------------------------
-# The usual benchmark densities of the continuous-flow literature, scaled so
-# the points lie roughly in [-4, 4]^2 and a standard normal base fits them
-# without a data-dependent rescaling.
-
-def _count(n: int) -> int:
-    n = operator.index(n)
-    if n < 0:
-        raise ValueError(f"number of points must be >= 0, got {n}")
-    return n
-
-
-def _finish(rng: np.random.Generator, x: np.ndarray) -> torch.Tensor:
-    # Components are generated in blocks; shuffle so that any prefix of the
-    # sample is itself a fair sample.
-    return torch.from_numpy(rng.permutation(x).astype(np.float32))
-
-
-def two_moons(n: int, seed: int = 0) -> torch.Tensor:
-    """Two interleaved half circles with Gaussian noise (sd 0.2 after scaling)."""
-    n, rng = _count(n), np.random.default_rng(seed)
-    t_up, t_down = rng.uniform(0.0, math.pi, (n + 1) // 2), rng.uniform(0.0, math.pi, n // 2)
-    up = np.stack([np.cos(t_up), np.sin(t_up)], axis=1)
-    down = np.stack([1.0 - np.cos(t_down), 0.5 - np.sin(t_down)], axis=1)
-    x = np.concatenate([up, down]) + 0.1 * rng.standard_normal((n, 2))
-    return _finish(rng, 2.0 * (x - [0.5, 0.25]))
-
-
-def circles(n: int, seed: int = 0) -> torch.Tensor:
-    """Two concentric noisy rings of radii 3 and 1.5."""
-    n, rng = _count(n), np.random.default_rng(seed)
-    radius = np.where(np.arange(n) < (n + 1) // 2, 1.0, 0.5)
-    t = rng.uniform(0.0, 2.0 * math.pi, n)
-    x = radius[:, None] * np.stack([np.cos(t), np.sin(t)], axis=1)
-    return _finish(rng, 3.0 * (x + 0.08 * rng.standard_normal((n, 2))))
-
-
-def eight_gaussians(n: int, seed: int = 0) -> torch.Tensor:
-    """Mixture of eight equal Gaussians evenly spaced on a circle of radius ~2.8."""
-    n, rng = _count(n), np.random.default_rng(seed)
-    angle = rng.integers(0, 8, n) * (math.pi / 4.0)
-    centres = 4.0 * np.stack([np.cos(angle), np.sin(angle)], axis=1)
-    return _finish(rng, (centres + 0.5 * rng.standard_normal((n, 2))) / math.sqrt(2.0))
-
-
-def checkerboard(n: int, seed: int = 0) -> torch.Tensor:
-    """Uniform on the 8 dark squares of a 4x4 board covering [-4, 4]^2."""
-    n, rng = _count(n), np.random.default_rng(seed)
-    cell = rng.integers(0, 8, n)
-    row = cell // 2
-    # In each row the dark squares are the columns of the row's parity.
-    col = 2 * (cell % 2) + (row % 2)
-    x = np.stack([col, row], axis=1) + rng.uniform(0.0, 1.0, (n, 2))
-    return _finish(rng, 2.0 * x - 4.0)
-
-
-def pinwheel(n: int, seed: int = 0) -> torch.Tensor:
-    """Five curved arms: Gaussian blobs rotated by an angle growing with radius."""
-    n, rng = _count(n), np.random.default_rng(seed)
-    arms, rate = 5, 0.25
-    f = rng.standard_normal((n, 2)) * [0.3, 0.1] + [1.0, 0.0]
-    angle = rng.integers(0, arms, n) * (2.0 * math.pi / arms) + rate * np.exp(f[:, 0])
-    c, s = np.cos(angle), np.sin(angle)
-    x = np.stack([c * f[:, 0] - s * f[:, 1], s * f[:, 0] + c * f[:, 1]], axis=1)
-    return _finish(rng, 2.0 * x)
-
-
-def spirals(n: int, seed: int = 0) -> torch.Tensor:
-    """Two intertwined spiral arms, each turning 1.5 times."""
-    n, rng = _count(n), np.random.default_rng(seed)
-    # sqrt makes the density per unit arc length roughly constant.
-    t = np.sqrt(rng.uniform(0.0, 1.0, n)) * 3.0 * math.pi
-    x = np.stack([-t * np.cos(t), t * np.sin(t)], axis=1)
-    x[n // 2:] *= -1.0
-    return _finish(rng, x / 3.0 + 0.1 * rng.standard_normal((n, 2)))
-
-
-_TOY_FNS: dict[str, Callable[..., torch.Tensor]] = {
-    f.__name__: f for f in (two_moons, circles, eight_gaussians, checkerboard, pinwheel, spirals)
-}
-#: Names accepted by :func:`toy` and :func:`load`.
-TOYS: tuple[str, ...] = tuple(_TOY_FNS)
-
-
-def toy(name: str, n: int, seed: int = 0) -> torch.Tensor:
-    """Sample ``n`` points of the toy density ``name`` (one of :data:`TOYS`).
-
-    :returns: float32 tensor of shape ``(n, 2)``; the same seed gives the same points.
-    """
-    try:
-        fn = _TOY_FNS[name]
-    except KeyError:
-        raise ValueError(f"unknown toy {name!r}; known: {', '.join(TOYS)}") from None
-    return fn(n, seed=seed)
-
-
 # scikit-learn digits --------------------------------------------------------
 
 #: Digits pixels are the integers 0..16, so a uniform model scores
 #: log2(17) = 4.09 bits/dim; anything useful must do better.
 DIGITS_LEVELS = 17
-
 
 def load_digits_images() -> torch.Tensor:
     """scikit-learn's bundled 8x8 digits as images.
@@ -212,12 +115,10 @@ def load_digits_images() -> torch.Tensor:
     images = load_digits().images  # (1797, 8, 8) float64
     return torch.from_numpy(images.astype(np.float32)).unsqueeze(1)
 
-
 # IDX files (Fashion-MNIST) --------------------------------------------------
 
 # IDX type codes; all multi-byte values are big-endian.
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
 
 def read_idx(path: PathLike) -> np.ndarray:
     """Read an IDX file (plain or gzip-compressed) into a native-endian array.
@@ -252,13 +153,11 @@ def read_idx(path: PathLike) -> np.ndarray:
     # astype copies to a writable native-endian array, which torch.from_numpy wants.
     return np.frombuffer(raw, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
 
-
 #: Where Debian's ``dataset-fashion-mnist`` package installs the files.
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 #: Environment variable naming another directory holding the files.
 FASHION_MNIST_ENV = "PYRO_FLOWS_FASHION_MNIST"
 _FASHION_STEMS = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}
-
 
 def load_fashion_mnist(root: PathLike | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Load the Fashion-MNIST images (labels are not needed for density models).
@@ -291,7 +190,6 @@ def load_fashion_mnist(root: PathLike | None = None) -> tuple[torch.Tensor, torc
         out.append(torch.from_numpy(images).unsqueeze(1).float())
     return out[0], out[1]
 
-
 # User files -----------------------------------------------------------------
 
 def _read_csv(path: Path) -> np.ndarray:
@@ -306,7 +204,6 @@ def _read_csv(path: Path) -> np.ndarray:
         return np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2, encoding="utf-8-sig")
     except ValueError as e:
         raise ValueError(f"{path}: not a numeric CSV ({e})") from None
-
 
 def _read_numpy(path: Path) -> np.ndarray:
     # np.load goes by the file's content, not its suffix: .npy gives an array,
@@ -330,7 +227,6 @@ def _read_numpy(path: Path) -> np.ndarray:
     except (EOFError, OSError) as e:  # an empty or truncated file
         raise ValueError(f"{path}: empty or truncated NumPy file ({e}); save it again "
                          f"with numpy.save") from None
-
 
 def load_array(path: PathLike, n_bits: int | None = None) -> torch.Tensor:
     """Load the user's data from ``.npy``, ``.npz`` or ``.csv``.
@@ -381,7 +277,6 @@ def load_array(path: PathLike, n_bits: int | None = None) -> torch.Tensor:
             )
     return torch.from_numpy(np.asarray(x, dtype=np.float32))
 
-
 # Choosing and splitting -----------------------------------------------------
 
 def _split_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int, int]:
@@ -395,17 +290,14 @@ def _split_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int
         )
     return n - n_val - n_test, n_val, n_test
 
-
 def _split(x: torch.Tensor, sizes: tuple[int, ...], seed: int) -> list[torch.Tensor]:
     # A seeded numpy permutation, so the split depends on the seed alone.
     perm = torch.from_numpy(np.random.default_rng(seed).permutation(len(x)))
     return [x[idx] for idx in torch.split(perm, list(sizes))]
 
-
 def _sub_seed(seed: int, k: int) -> int:
     # Independent streams per split, so val/test never repeat training points.
     return int(np.random.SeedSequence([seed, k]).generate_state(1)[0])
-
 
 def load(source: PathLike, *, n_bits: int | None = None, seed: int = 0,
          val_fraction: float = 0.1, test_fraction: float = 0.1, n_toy: int = 10_000) -> Splits:
