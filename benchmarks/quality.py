@@ -56,15 +56,16 @@ ROWS = {
     "variational": {"model": {"dequantization": "variational",
                               "dequantizer": {"hidden_dims": (64, 64)}}},
     "alpha=0.01": {"model": {"logit_alpha": 0.01}},
+    "alpha=0.001": {"model": {"logit_alpha": 0.001}},
     "alpha=0.2": {"model": {"logit_alpha": 0.2}},
     "no-logit": {"model": {"logit_alpha": None}},
     "lr=2e-3": {"lr": 2e-3},
     "cosine": {"schedule": "cosine"},
-    "lr=2e-3,cosine": {"lr": 2e-3, "schedule": "cosine"},
+    "ema=0.99": {"ema": 0.99},
     "warmup=50": {"warmup": 50},
     "residual": {"model": {"residual": True}},
-    "L=2,K=12,h=78": {"model": {"levels": 2, "steps": 12, "hidden_channels": 78}},
-    "K=4,h=106": {"model": {"steps": 4, "hidden_channels": 106}},
+    "L2-K12-h78": {"model": {"levels": 2, "steps": 12, "hidden_channels": 78}},
+    "K4-h106": {"model": {"steps": 4, "hidden_channels": 106}},
 }
 
 
@@ -107,6 +108,16 @@ def test_figures(model: FlowModel, test: torch.Tensor, k: int) -> dict:
     return {"bound": sum(bounds) / 2, "bound_draws": bounds, f"iw{k}": iw}
 
 
+def grids(model: FlowModel, folder: Path, row: str, weights: str, seed: int,
+          levels: int) -> None:
+    """64 samples at T = 0.7 and T = 1 from the same base draws."""
+    for t in (0.7, 1.0):
+        torch.manual_seed(seed)
+        plots.image_grid(model.sample(64, temperature=t),
+                         folder / f"quality-digits-{row}-{weights}-T{t:g}.png", levels,
+                         title=f"digits, {row}, {weights} weights, T={t:g}")
+
+
 def run(row: str, seed: int, epochs: int, batch_size: int = 64, k: int = 16,
         figures: Path | None = None) -> dict:
     s = settings(row)
@@ -137,14 +148,12 @@ def run(row: str, seed: int, epochs: int, batch_size: int = 64, k: int = 16,
             ema.update(model)
     seconds = time.perf_counter() - began
     last = test_figures(model, data.test, k)
+    if figures is not None:
+        grids(model, figures, row, "last", seed, data.levels)
     with ema.average_weights(model):
         averaged = test_figures(model, data.test, k)
         if figures is not None:
-            for t in (0.7, 1.0):
-                torch.manual_seed(seed)
-                plots.image_grid(model.sample(64, temperature=t), figures /
-                                 f"quality-digits-{row.replace(',', '_')}-T{t:g}.png",
-                                 data.levels, title=f"digits, {row}, EMA weights, T={t:g}")
+            grids(model, figures, row, "ema", seed, data.levels)
     pre = model.preprocessing
     dequantizer = sum(p.numel() for p in pre.parameters()) if pre is not None else 0
     return {"row": row, "seed": seed, "steps": total, "seconds": round(seconds, 1),
