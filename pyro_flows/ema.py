@@ -33,7 +33,7 @@ class EMA:
     >>> net = torch.nn.Linear(2, 1)
     >>> ema = EMA(net, decay=0.9)
     >>> with torch.no_grad():
-    ...     net.weight.add_(1.0)
+    ...     _ = net.weight.add_(1.0)
     >>> ema.update(net)               # n = 0: d = 0.1, the average moves 90 % of the way
     >>> with ema.average_weights(net):
     ...     inside = net.weight.clone()
