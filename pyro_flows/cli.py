@@ -38,8 +38,9 @@ from . import data as datasets
 from .checkpoint import atomic_write, save_json, save_torch, strict_json
 from .model import FlowModel
 from .registry import available
-from .rundir import (CHECKPOINT, CONFIG, METRICS, WEIGHTS, RunDirectory, build_model,
-                     check_data_source, data_source, evaluate, load_run, normalized, read_config)
+from .rundir import (CHECKPOINT, CONFIG, DEQUANTIZER, LOGIT_ALPHA, METRICS, WEIGHTS, RunDirectory,
+                     build_model, check_data_source, data_source, evaluate, load_run,
+                     normalized, read_config)
 from .training import NonFiniteTraining, TrainingInterrupted, fit
 
 __all__ = ["evaluate", "load_run", "main"]
@@ -66,7 +67,7 @@ def _check_device(name: str) -> None:
         raise ValueError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) visible")
 
 
-def _load_data(source: str, n_bits: int | None, seed: int) -> datasets.Dataset:
+def _load_data(source: str, n_bits: int | None, seed: int) -> datasets.Splits:
     dataset = datasets.load(source, n_bits=n_bits, seed=seed)
     n = len(dataset.train) + len(dataset.val) + len(dataset.test)
     if not len(dataset.val) or not len(dataset.test):
@@ -157,8 +158,9 @@ def _fit(args: argparse.Namespace) -> dict:
         **data_source(args.data), "n_bits": args.n_bits, "seed": args.seed, "flow": args.flow,
         "event_shape": list(dataset.event_shape), "levels": dataset.levels,
         "dequantization": args.dequantization, "flow_kwargs": _flow_kwargs(args, image),
+        "logit_alpha": LOGIT_ALPHA, "dequantizer": DEQUANTIZER,
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-        "warmup": args.warmup, "command": _resume_command(args, run.path)})
+        "warmup": args.warmup, "ema": args.ema, "command": _resume_command(args, run.path)})
     if args.resume:
         previous = read_config(run.resume_source())
         ignored = {"epochs", "command"}
@@ -184,7 +186,7 @@ def _fit(args: argparse.Namespace) -> dict:
                           batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
                           patience=args.patience, checkpoint_dir=run.partial, resume=resume,
                           overwrite=True, seed=args.seed, progress=not args.quiet,
-                          interrupt=asked.is_set)
+                          ema_decay=args.ema or None, interrupt=asked.is_set)
     except TrainingInterrupted as stopped:
         raise ValueError(f"{stopped}; resume with: {config['command']}") from None
     except NonFiniteTraining as error:
@@ -197,7 +199,7 @@ def _fit(args: argparse.Namespace) -> dict:
 
 
 def _divergence_advice(error: NonFiniteTraining, args: argparse.Namespace,
-                       dataset: datasets.Dataset) -> str:
+                       dataset: datasets.Splits) -> str:
     what = ("no training step took effect" if str(error).startswith("no step")
             else f"training stopped after {error.consecutive} non-finite steps in a row")
     top = dataset.train.abs().max().item()
@@ -207,7 +209,7 @@ def _divergence_advice(error: NonFiniteTraining, args: argparse.Namespace,
             "rerun" + ("" if what.startswith("no") else " with --overwrite"))
 
 
-def _finish(model: FlowModel, history, dataset: datasets.Dataset, args: argparse.Namespace,
+def _finish(model: FlowModel, history, dataset: datasets.Splits, args: argparse.Namespace,
             run: RunDirectory, seconds: float) -> dict:
     """Score, draw and publish a trained run (rank 0)."""
     model.eval()
@@ -244,7 +246,7 @@ def _finish(model: FlowModel, history, dataset: datasets.Dataset, args: argparse
     return metrics
 
 
-def _run_data(args: argparse.Namespace, config: dict) -> datasets.Dataset:
+def _run_data(args: argparse.Namespace, config: dict) -> datasets.Splits:
     """The data of a run: ``--data`` if given, else the recorded source, checked unchanged."""
     if args.data is None:
         check_data_source(config, args.run_dir)
@@ -297,14 +299,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _number(kind: type, low: float, rule: str) -> Callable[[str], float]:
-    """An argparse type: a finite ``kind`` above ``low`` (``rule`` says so in words)."""
+def _number(kind: type, low: float, rule: str,
+            below: float = math.inf) -> Callable[[str], float]:
+    """An argparse type: a finite ``kind`` above ``low`` and below ``below`` (``rule`` says so in
+    words)."""
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not (math.isfinite(value) and value > low):
+        if not (math.isfinite(value) and low < value < below):
             raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
         return value
     return parse
@@ -323,7 +327,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--epochs", type=pos_int, default=30,
                    help="epochs in all (with --resume: counting those already done)")
     f.add_argument("--batch-size", type=pos_int, default=64, help="examples per step")
-    f.add_argument("--lr", type=pos_float, default=1e-3, help="Adam's learning rate")
+    f.add_argument("--lr", type=pos_float, default=2e-3, help="Adam's learning rate")
     f.add_argument("--warmup", type=_number(int, -1, "at least 0"), default=200,
                    help="learning-rate warm-up steps")
     f.add_argument("--patience", type=pos_int, default=None,
@@ -333,8 +337,12 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--steps", type=pos_int, default=8, help="flow steps K per scale (images)")
     f.add_argument("--layers", type=pos_int, default=8, help="couplings of a vector flow")
     f.add_argument("--hidden", type=pos_int, default=64, help="hidden width (channels or units)")
-    f.add_argument("--dequantization", choices=["uniform", "variational"], default="uniform",
-                   help="dequantization of discrete data")
+    f.add_argument("--dequantization", choices=["uniform", "variational"],
+                   default="variational", help="dequantization of discrete data (variational: "
+                   "a learned noise distribution, Flow++; the bound is still on the discrete data)")
+    f.add_argument("--ema", type=_number(float, -5e-324, "in [0, 1)", below=1.0), default=0.999,
+                   help="decay of the weight average used for validation, test and samples "
+                   "(0: no averaging)")
     f.add_argument("--n-bits", type=pos_int, default=None,
                    help="bits per value of a data file of integers (none: continuous data)")
     f.add_argument("--seed", type=int, default=0, help="seeds the split, weights and data order")

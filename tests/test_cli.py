@@ -221,7 +221,7 @@ def test_help_shows_defaults_and_version(capsys):
     text = capsys.readouterr().out
     for option in ("--epochs", "--batch-size", "--lr", "--seed", "--device"):
         assert option in text
-    assert "(default: 30)" in text and "(default: cpu)" in text and "(default: 0.001)" in text
+    assert "(default: 30)" in text and "(default: cpu)" in text and "(default: 0.002)" in text
     with pytest.raises(SystemExit):
         main(["--version"])
     assert capsys.readouterr().out.strip() == f"pyro-flows {pyro_flows.__version__}"
@@ -310,3 +310,29 @@ def test_stale_temp_files_are_removed_on_the_next_start(tmp_path):
 def test_log_prob_of_no_examples_is_empty():
     model = pyro_flows.FlowModel.build("realnvp", (2,), num_layers=2)
     assert model.log_prob(torch.empty(0, 2)).shape == (0,)
+
+
+def test_fit_records_the_preprocessing_and_weight_averaging(tmp_path):
+    """New runs use variational dequantization, logit alpha 0.01 and weight averaging
+    (benchmarks/quality.py); the config records them so the run rebuilds the same model."""
+    out = tmp_path / "run"
+    assert main(["fit", "digits", "--epochs", "1", "--steps", "1", "--hidden", "8", "--quiet",
+                 "--threads", "1", "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["dequantization"] == "variational" and config["logit_alpha"] == 0.01
+    assert config["dequantizer"] == {"hidden_dims": [64, 64]} and config["ema"] == 0.999
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["ema"]["decay"] == 0.999
+    assert main(["evaluate", str(out)]) == 0
+
+
+def test_a_run_written_before_the_new_defaults_still_loads(tmp_path):
+    out = tmp_path / "run"
+    assert main(["fit", "digits", "--epochs", "1", "--steps", "1", "--hidden", "8", "--quiet",
+                 "--threads", "1", "--dequantization", "uniform", "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    for key in ("logit_alpha", "dequantizer", "ema"):
+        del config[key]  # as runs of the previous release wrote it
+    (out / "config.json").write_text(json.dumps(config))
+    # The weights no longer match alpha 0.01, but the model rebuilds with alpha 0.05.
+    from pyro_flows.rundir import build_model
+    assert build_model(config).preprocessing.logit_alpha == 0.05
