@@ -2,7 +2,7 @@
 
 import importlib
 
-from . import data, infer, transforms
+from . import data, infer, precision, transforms
 from .init import initialize
 from .model import FlowModel
 from .registry import available, build, register
@@ -26,6 +26,7 @@ __all__ = [
     "fit",
     "infer",
     "initialize",
+    "precision",
     "register",
     "transforms",
 ]

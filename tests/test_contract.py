@@ -373,3 +373,25 @@ def test_fresh_conditional_round_trip_inside_pyros_conditional_composition(name)
     t = flow.condition(torch.randn(CONTEXT_DIM))
     x = torch.randn(6, *shape)
     assert (t.inv(t(x).clone()) - x).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("spec", CASES)
+def test_exact_under_bf16_autocast(spec):
+    """Issue 12: under CPU bf16 autocast the conditioners run in bfloat16, yet the transform is
+    still an exact float32 bijection: the round trip holds to float32 rounding, and the log-det
+    is that of the map computed (autograd's Jacobian of it, determinant taken in float64)."""
+    case = Case(*spec)
+    module = case.module.float()
+    context = case.context.float() if case.conditional else None
+    t = case.transform(module, context)
+    x = torch.randn(3, *case.shape)
+    with pyro_flows.precision.autocast("bf16-mixed", "cpu"):
+        y = t(x)
+        ladj = t.log_abs_det_jacobian(x, y)
+        back = t.with_cache(0).inv(y.clone())
+        jac = torch.autograd.functional.jacobian(
+            lambda v: t.with_cache(0)(v.reshape(case.shape)).reshape(-1), x[0].reshape(-1))
+    assert y.dtype == ladj.dtype == back.dtype == torch.float32
+    assert torch.allclose(back, x, atol=1e-4, rtol=1e-4)
+    expected = torch.linalg.slogdet(jac.double())[1]
+    assert torch.allclose(ladj[0].double(), expected, atol=1e-3, rtol=1e-5)

@@ -1,0 +1,161 @@
+"""Mixed precision that keeps the density exact (issue 12); the per-transform check is
+``test_contract.test_exact_under_bf16_autocast``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import pyro_flows
+from pyro_flows import FlowModel
+from pyro_flows.precision import PRECISIONS, autocast, full_precision, same_autocast
+
+from helpers import perturb
+
+
+def _glow(**kwargs):
+    torch.manual_seed(0)
+    model = FlowModel.build("glow", (1, 8, 8), levels=2, steps=2, hidden_channels=16, **kwargs)
+    return perturb(model, scale=0.2, seed=1)
+
+
+def test_precision_names_and_errors():
+    assert PRECISIONS == ("fp32", "bf16-mixed", "fp16-mixed")
+    with autocast("fp32", "cpu"):
+        assert not torch.is_autocast_enabled("cpu")
+    for name, dtype in [("bf16-mixed", torch.bfloat16), ("fp16-mixed", torch.float16)]:
+        with autocast(name, torch.device("cpu")):
+            assert torch.is_autocast_enabled("cpu")
+            assert torch.get_autocast_dtype("cpu") == dtype
+    with pytest.raises(ValueError, match="precision must be one of"):
+        autocast("bfloat16")
+    with pytest.raises(ValueError, match="use precision='fp32' there"):
+        autocast("bf16-mixed", "meta")
+
+
+def test_full_precision_and_same_autocast():
+    x = torch.randn(2, 3)
+    lin = nn.Linear(3, 3)
+    assert lin(x).dtype == torch.float32
+    with autocast("bf16-mixed"):
+        assert lin(x).dtype == torch.bfloat16
+        with full_precision(x):
+            assert lin(x).dtype == torch.float32
+        again = same_autocast(x)
+    with again:
+        assert lin(x).dtype == torch.bfloat16
+    with autocast("bf16-mixed"), same_autocast(x):  # captured outside autocast: off
+        pass
+    plain = same_autocast(x)
+    with autocast("bf16-mixed"), plain:
+        assert lin(x).dtype == torch.float32
+
+
+def test_naive_autocast_breaks_exactness_of_glow():
+    """What autocast does to a flow whose invertible arithmetic is not kept in float32: here
+    the 1x1 convolution's W and W^-1 each rounded to bfloat16, so the inverse is no longer the
+    inverse. The exact version (pyro-flows' own) round-trips to float32 rounding."""
+    model = _glow()
+    x = torch.randn(4, 1, 8, 8)
+    t = model.transforms[0].with_cache(0)
+    conv = t.levels[0][0].parts[1]
+    w = conv._matrices(inverse=False)[0]
+    w_inv = conv._matrices(inverse=True)[0]
+    naive = (w.bfloat16().float() @ w_inv.bfloat16().float() - torch.eye(len(w))).abs().max()
+    assert naive > 1e-3  # what a bf16 matmul of W and of W^-1 would give
+    with autocast("bf16-mixed"):
+        back = t.inv(t(x))
+    assert (back - x).abs().max() < 1e-4
+
+
+def test_conditioners_do_run_in_low_precision():
+    """Exactness must not come from quietly turning autocast off: the coupling nets and split
+    priors compute in bfloat16 under bf16-mixed."""
+    model = _glow()
+    seen = []
+    glow = model.transforms[0]
+    nets = [m for m in glow.modules() if isinstance(m, pyro_flows.nn.ConvNet)] + list(glow.priors)
+    handles = [m.register_forward_hook(lambda m, i, out: seen.append(out.dtype)) for m in nets]
+    with autocast("bf16-mixed"):
+        lp = model.log_prob(torch.randint(0, 256, (3, 1, 8, 8)).float())
+    for h in handles:
+        h.remove()
+    assert lp.dtype == torch.float32 and torch.isfinite(lp).all()
+    assert len(seen) == len(nets) and set(seen) == {torch.bfloat16}
+
+
+def test_memory_efficient_backward_recomputes_in_the_forwards_precision():
+    """Memory-saving backprop reruns the blocks in backward, which the caller runs outside the
+    autocast region: the rerun must use bf16 conditioners as the forward did, or the rebuilt
+    inputs and the gradients would belong to another map."""
+    x = torch.randint(0, 256, (4, 1, 8, 8)).float()
+    grads = []
+    for memory_efficient in (False, True):
+        model = _glow(memory_efficient=memory_efficient)
+        with autocast("bf16-mixed"):
+            loss = -model.log_prob(x.clone()).mean()
+        loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert torch.allclose(grads[1], grads[0], rtol=1e-3, atol=1e-4)
+
+
+class _Mixed(nn.Module):
+    """``model``'s log-density computed at ``precision``: what ``fit(..., precision=...)``
+    does around its loss."""
+
+    def __init__(self, model: nn.Module, precision: str) -> None:
+        super().__init__()
+        self.model, self.precision = model, precision
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        with autocast(self.precision, x.device):
+            return self.model.log_prob(x)
+
+
+def _test_nll(make, train, test, **fit_kwargs) -> dict[str, float]:
+    nll = {}
+    for precision in ("fp32", "bf16-mixed"):
+        torch.manual_seed(0)
+        model = make()
+        pyro_flows.initialize(model, train[:256])
+        pyro_flows.fit(_Mixed(model, precision), train, progress=False, seed=0, **fit_kwargs)
+        torch.manual_seed(1)  # the same dequantization noise for both
+        with torch.no_grad():
+            nll[precision] = -_Mixed(model, precision).log_prob(test).mean().item()
+    return nll
+
+
+def _assert_close(nll):
+    fp32, bf16 = nll["fp32"], nll["bf16-mixed"]
+    assert abs(bf16 - fp32) <= 0.005 * abs(fp32), nll
+
+
+def test_bf16_fit_matches_fp32_on_a_2d_toy():
+    train = pyro_flows.data.toy("two_moons", 2048, seed=0)
+    test = pyro_flows.data.toy("two_moons", 1024, seed=1)
+    _assert_close(_test_nll(lambda: FlowModel.build("realnvp", (2,), num_layers=4,
+                                                    hidden_dims=[128, 128]),
+                            train, test, epochs=3, batch_size=128, warmup_steps=10))
+
+
+def test_bf16_fit_matches_fp32_on_a_tabular_set():
+    datasets = pytest.importorskip("sklearn.datasets")
+    x = torch.as_tensor(datasets.load_wine().data, dtype=torch.float32)
+    x = (x - x.mean(0)) / x.std(0)
+    x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))]
+    train, test = x[:140], x[140:]
+    _assert_close(_test_nll(lambda: FlowModel.build("glow", (13,), num_layers=4,
+                                                    hidden_dims=[128, 128]),
+                            train, test, epochs=10, batch_size=32, warmup_steps=10))
+
+
+@pytest.mark.slow
+def test_bf16_fit_matches_fp32_on_digits_glow():
+    pytest.importorskip("sklearn")
+    images = pyro_flows.data.load_digits_images()
+    images = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(0))]
+    train, test = images[:1400], images[1400:]
+    _assert_close(_test_nll(lambda: FlowModel.build("glow", (1, 8, 8), data_levels=17, levels=2,
+                                                    steps=4, hidden_channels=64),
+                            train, test, epochs=2, batch_size=64, warmup_steps=10))
