@@ -1,8 +1,11 @@
 """Mixed precision that keeps the density exact.
 
-``autocast("bf16-mixed", device)`` runs a flow's conditioner networks (the coupling nets, the
-split priors of a multi-scale flow) in bfloat16, where a CPU with AMX or a GPU with tensor cores
-computes them several times faster. Everything a density depends on stays float32: each
+``autocast("bf16-mixed", device)`` runs a flow's conditioner networks (the coupling nets) in
+bfloat16, where a CPU with AMX or a GPU with tensor cores computes them several times faster;
+only their first layer, the one that reads the conditioning data, stays float32 (rounded to 8
+bits, the data would make the conditioner a step function of them: a 2-D toy fit lost 1.5 % of
+its test NLL that way, within 0.4 % with the first layer in float32), and so do the one-layer
+split priors of a multi-scale flow. Everything a density depends on stays float32: each
 transform casts its conditioner's output to float32 *before* the log-scale is bounded, before
 the affine or additive update and before every log-det; ActNorm, the LU factors and mixing of
 invertible linear maps, the base log-density and the preprocessing never leave float32.
