@@ -118,6 +118,34 @@ def test_memory_efficient_backward_recomputes_in_the_forwards_precision():
     assert torch.allclose(grads[1], grads[0], rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["bf16-mixed", "fp16-mixed"])
+def test_exact_under_cuda_autocast(precision):
+    if precision == "bf16-mixed" and not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU has no bfloat16")
+    model = _glow().cuda()
+    t = model.transforms[0].with_cache(0)
+    x = torch.randn(8, 1, 8, 8, device="cuda")
+    with autocast(precision, "cuda"):
+        z = t.inv(x)
+        ladj = t.log_abs_det_jacobian(z, x)
+        back = t(z)
+        lp = model.log_prob(torch.randint(0, 256, (8, 1, 8, 8), device="cuda").float())
+    assert z.dtype == ladj.dtype == lp.dtype == torch.float32
+    assert (back - x).abs().max() < 1e-3
+    assert torch.isfinite(lp).all()
+    data = torch.randint(0, 256, (4, 1, 8, 8), device="cuda").float()
+    grads = []
+    for memory_efficient in (False, True):
+        m = _glow(memory_efficient=memory_efficient).cuda()
+        torch.manual_seed(2)
+        with autocast(precision, "cuda"):
+            loss = -m.log_prob(data).mean()
+        loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in m.parameters()]))
+    assert torch.allclose(grads[1], grads[0], rtol=1e-2, atol=1e-3)
+
+
 class _Mixed(nn.Module):
     """``model``'s log-density computed at ``precision``: what ``fit(..., precision=...)``
     does around its loss."""
