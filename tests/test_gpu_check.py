@@ -13,6 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # four Python processes, ~15-30 s; CI runs it
 @pytest.mark.skipif(sys.platform == "win32", reason="a bash script")
 def test_gpu_check_dry_run_writes_every_section(tmp_path):
     pytest.importorskip("sklearn")  # the digits fit
