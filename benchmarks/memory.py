@@ -15,16 +15,26 @@ machine other jobs share, the CPU time is the figure that time slices lent away 
 The time ratio to quote is the interleaved one: both models in one process, their steps
 alternated, the median over pairs of the ratio of CPU times (load that drifts between the
 separate runs cancels).
+
+``--malloc-keep`` runs the children with glibc told to keep freed memory
+(``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` at 1 GiB). By default glibc hands
+large freed blocks back to the kernel, and the memory-saving backward, which allocates and
+frees one block's activations at a time, then takes a page fault on every page of every block
+it reruns: in a fresh process that is most of its extra time.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
 import time
+
+
+_KEEP = {"MALLOC_MMAP_THRESHOLD_": str(2**30), "MALLOC_TRIM_THRESHOLD_": str(2**30)}
 
 
 def child(depth: int, lean: bool, shape: tuple[int, int, int], levels: int, hidden: int,
@@ -106,6 +116,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--precision", default="fp32", help="fp32, bf16-mixed or fp16-mixed")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--malloc-keep", action="store_true",
+                        help="children keep freed memory instead of returning it to the kernel")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--interleaved", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -121,6 +133,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                precision=args.precision, **size)))
         return []
     depths = [2, 4] if args.quick else [int(k) for k in args.depths.split(",")]
+    env = {**os.environ, **(_KEEP if args.malloc_keep else {})}
     rows = []
     for depth in depths:
         for lean in (False, True):
@@ -128,7 +141,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    "--steps", str(args.steps), "--threads", str(args.threads),
                    "--precision", args.precision] + (
                        ["--quick"] if args.quick else [])
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))
             r = rows[-1]
             print(f"K={depth:3d} {'memory_efficient' if lean else 'plain':16s} "
@@ -138,7 +151,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         cmd = [sys.executable, __file__, "--interleaved", str(depth), "--steps", str(args.steps),
                "--threads", str(args.threads), "--precision", args.precision] + (
                    ["--quick"] if args.quick else [])
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
         ab = json.loads(out.strip().splitlines()[-1])
         plain, lean_row = rows[-2], rows[-1]
         lean_row["interleaved_cpu_time_ratio"] = ab["interleaved_cpu_time_ratio"]
