@@ -40,7 +40,7 @@ from typing import ContextManager
 
 import torch
 
-__all__ = ["PRECISIONS", "autocast", "full_precision", "same_autocast"]
+__all__ = ["PRECISIONS", "autocast", "full_precision", "grad_scaler", "same_autocast"]
 
 #: The precision names accepted by :func:`autocast`, ``fit(precision=...)`` and ``--precision``.
 PRECISIONS = ("fp32", "bf16-mixed", "fp16-mixed")
@@ -77,6 +77,18 @@ def autocast(precision: str = "fp32", device: str | torch.device = "cpu") -> Con
     if precision == "bf16-mixed" and device_type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ValueError("this GPU does not support bfloat16; use precision='fp16-mixed'")
     return torch.autocast(device_type, dtype=_LOW[precision])
+
+
+def grad_scaler(precision: str = "fp32", device: str | torch.device = "cpu") -> torch.amp.GradScaler:
+    """The gradient scaler a training loop at ``precision`` needs: active for ``"fp16-mixed"``
+    (float16 gradients underflow without it), a pass-through otherwise.
+
+    >>> grad_scaler("bf16-mixed").is_enabled(), grad_scaler("fp16-mixed").is_enabled()
+    (False, True)
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return torch.amp.GradScaler(torch.device(device).type, enabled=precision == "fp16-mixed")
 
 
 def full_precision(x: torch.Tensor) -> ContextManager:

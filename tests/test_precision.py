@@ -35,6 +35,29 @@ def test_precision_names_and_errors():
         autocast("bf16-mixed", "meta")
 
 
+def test_fp16_mixed_step_with_its_grad_scaler():
+    """What fit(..., precision="fp16-mixed") does: the loss under autocast, backward and the
+    step through the scaler; the parameters move and stay finite."""
+    model = _glow()
+    scaler = pyro_flows.precision.grad_scaler("fp16-mixed", "cpu")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    before = [p.detach().clone() for p in model.parameters()]
+    data = torch.randint(0, 256, (8, 1, 8, 8)).float()
+    for _ in range(30):  # the scaler skips the steps whose scaled gradients overflow float16
+        opt.zero_grad()
+        with autocast("fp16-mixed", "cpu"):
+            loss = -model.log_prob(data).mean()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    assert scaler.get_scale() < 2.0**16  # it did have to back off
+    after = list(model.parameters())
+    assert all(torch.isfinite(p).all() for p in after)
+    assert any(not torch.equal(a, b) for a, b in zip(after, before))
+    with pytest.raises(ValueError, match="precision must be one of"):
+        pyro_flows.precision.grad_scaler("half")
+
+
 def test_full_precision_and_same_autocast():
     x = torch.randn(2, 3)
     lin = nn.Linear(3, 3)
