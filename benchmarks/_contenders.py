@@ -372,12 +372,35 @@ def _normflows(w: Workload) -> Contender:
     ))
 
 
+# -- mixed precision ------------------------------------------------------------------------
+def _bf16(builder: Callable[[Workload], Contender], name: str, note: str):
+    """``builder``'s contender with its log-density and sampling under ``autocast("bf16-mixed")``
+    (CPU). For pyro-flows that is the exact mixed precision of ``pyro_flows.precision``; for
+    any other flow it is autocast applied naively."""
+    def make(w: Workload) -> Contender:
+        c = builder(w)
+
+        def log_prob(x: torch.Tensor) -> torch.Tensor:
+            with pyro_flows.precision.autocast("bf16-mixed", x.device):
+                return c.log_prob(x)
+
+        def sample(n: int) -> torch.Tensor:
+            with pyro_flows.precision.autocast("bf16-mixed", "cpu"):
+                return c.sample(n)
+        return Contender(name, c.module, log_prob, sample, c.differences + (note,))
+    return make
+
+
 _BUILDERS: dict[str, Callable[[Workload], Contender]] = {
     "pyro-flows": _pyro_flows,
     "pyro": _pyro,
     "zuko": _zuko,
     "nflows": _nflows,
     "normflows": _normflows,
+    "pyro-flows-bf16": _bf16(_pyro_flows, "pyro-flows-bf16",
+                             "bf16-mixed: conditioners in bfloat16, density exact in float32"),
+    "pyro-bf16": _bf16(_pyro, "pyro-bf16", "Pyro's flow under bf16 autocast, naively: log-scales "
+                       "and log-dets rounded to bfloat16, 1x1 convs in bfloat16"),
 }
 CONTENDERS = tuple(_BUILDERS)
 _MODULES = {"zuko": "zuko", "nflows": "nflows", "normflows": "normflows"}

@@ -4,6 +4,13 @@ per workload (see ``_contenders.py``), in one process on 2 threads.
     python benchmarks/speed.py [--workloads tab16,tab64,glow8,glow32] [--contenders ...]
                                [--rounds N] [--quick] [--json out.json] [--no-memory]
                                [--threads 2] [--clock wall|cpu] [--block SECONDS]
+                               [--device cpu|cuda] [--compile]
+
+Contenders ``pyro-flows-bf16`` and ``pyro-bf16`` are pyro-flows and Pyro's flow under
+``autocast("bf16-mixed")``: pyro-flows' exact mixed precision, and autocast applied to Pyro
+naively. Beside the speed, each flow's log-det error under its precision against the exact
+log-det of the map it computed (``_quality.py``; workloads of at most 64 dimensions, flows that
+are torch Transforms). The ratios of issue 12 (``TARGETS``) are printed per workload.
 
 Run it on an idle machine. When other jobs share the cores, two OpenMP threads wait for each
 other whenever one is descheduled, and every parallel operator pays a time slice: the figures
@@ -57,6 +64,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from pyro_flows.train import adam
 
 from _contenders import CONTENDERS, WORKLOADS, Contender, Workload, applicable, build, make_data
+from _quality import logdet_error
 
 THREADS = 2
 LR = 1e-4
@@ -65,12 +73,19 @@ MEASURES = ("train", "log_prob", "sample", "log_prob_nograd", "sample_nograd")
 ROUNDS = {"tab16": 15, "tab64": 15, "glow8": 9, "glow32": 4}
 QUICK_ROUNDS = {"tab16": 2, "tab64": 2, "glow8": 2, "glow32": 1}
 REFERENCE = "pyro-flows"
-TARGETS = {  # workload: [(peers, minimum training-step ratio of pyro-flows to the best peer)]
-    "tab16": [(("pyro",), 1.3), (("zuko", "nflows", "normflows"), 1.1)],
-    "tab64": [(("pyro",), 1.3), (("zuko", "nflows", "normflows"), 1.1)],
-    "glow8": [(("normflows",), 1.2)],
-    "glow32": [(("normflows",), 1.2)],
+# Issue 12: training-step ratio of a contender to the fastest of some peers, and its goal.
+TARGETS = {  # workload: [(contender, peers, minimum ratio)]
+    "tab16": [("pyro-flows-bf16", ("pyro",), 1.5), ("pyro-flows", ("pyro",), None),
+              ("pyro-bf16", ("pyro",), None)],
+    "tab64": [("pyro-flows-bf16", ("pyro",), 1.5), ("pyro-flows", ("pyro",), None),
+              ("pyro-bf16", ("pyro",), None)],
+    "glow8": [("pyro-flows-bf16", ("normflows",), 2.0), ("pyro-flows", ("normflows",), 1.4),
+              ("pyro-bf16", ("pyro",), None)],
+    "glow32": [("pyro-flows-bf16", ("normflows",), 2.0), ("pyro-flows", ("normflows",), 1.4),
+               ("pyro-bf16", ("pyro",), None)],
 }
+PRECISION = {"pyro-flows-bf16": "bf16-mixed", "pyro-bf16": "bf16-mixed"}
+QUALITY_MAX_DIM = 64  # the exact log-det check takes one backward pass per dimension
 MATMUL_TARGET = ("tab64", 0.6)
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
@@ -83,12 +98,28 @@ def train_step(c: Contender, opt: torch.optim.Optimizer, x: torch.Tensor) -> tor
     return loss
 
 
+def _synchronized(clock: Callable[[], float], device: torch.device) -> Callable[[], float]:
+    """``clock`` read after the device's queued work is done (CUDA runs asynchronously)."""
+    if device.type != "cuda":
+        return clock
+    return lambda: (torch.cuda.synchronize(device), clock())[1]
+
+
+def _compiled(c: Contender) -> Contender:
+    """``c`` with its log-density under ``torch.compile(mode="reduce-overhead")`` (CUDA graphs
+    on a GPU)."""
+    log_prob = torch.compile(c.log_prob, mode="reduce-overhead")
+    return Contender(c.name, c.module, log_prob, c.sample,
+                     c.differences + ('log_prob under torch.compile(mode="reduce-overhead")',))
+
+
 class Runner:
     """One contender on one workload, ready to time any measure."""
 
     def __init__(self, c: Contender, w: Workload, data: list[torch.Tensor],
                  clock: Callable[[], float] = time.perf_counter) -> None:
-        self.c, self.w, self.data, self.i, self.clock = c, w, data, 0, clock
+        self.c, self.w, self.data, self.i = c, w, data, 0
+        self.clock = _synchronized(clock, data[0].device)
         self.opt = adam(list(c.module.parameters()), LR)
         self.reps = dict.fromkeys(MEASURES, 1)
         self.loss = float("nan")
@@ -157,9 +188,10 @@ class MatmulReference:
     """Plain ``torch.matmul`` over a list of GEMM shapes: the attainable GFLOP/s."""
 
     def __init__(self, shapes: list[tuple[int, int, int]], block: float,
-                 clock: Callable[[], float]) -> None:
-        self.clock = clock
-        self.pairs = [(torch.randn(m, k), torch.randn(k, n)) for m, k, n in shapes]
+                 clock: Callable[[], float], device: torch.device) -> None:
+        self.clock = _synchronized(clock, device)
+        self.pairs = [(torch.randn(m, k, device=device), torch.randn(k, n, device=device))
+                      for m, k, n in shapes]
         self.flops = sum(2 * m * k * n for m, k, n in shapes)
         self.reps = 1
         t = self.time()
@@ -240,20 +272,30 @@ def saved_activations_mb(c: Contender, x: torch.Tensor) -> float:
 
 # -- one workload ---------------------------------------------------------------------------
 def run_workload(w: Workload, names: list[str], rounds: int, block: float, memory: bool,
-                 clock: Callable[[], float] = time.perf_counter) -> dict:
+                 clock: Callable[[], float] = time.perf_counter,
+                 device: torch.device = torch.device("cpu"), compile: bool = False) -> dict:
     skipped = {n: r for n in names if (r := applicable(n, w))}
     names = [n for n in names if n not in skipped]
     print(f"\n== {w.name}: event {w.event_shape}, batch {w.batch}, {rounds} rounds; "
           f"contenders {', '.join(names)}", flush=True)
     mem = {n: measure_memory(n, w.name) for n in names} if memory else {}
-    data = make_data(w, BATCHES)
-    runners = {n: Runner(build(n, w), w, data, clock) for n in names}
+    data = [x.to(device) for x in make_data(w, BATCHES)]
+    runners = {}
+    for n in names:
+        try:
+            with device:  # parameters and the base distribution's tensors on the device
+                c = build(n, w)
+        except RuntimeError as e:  # a peer that cannot be built on this device
+            skipped[n] = f"cannot be built on {device}: {e}"
+            continue
+        runners[n] = Runner(_compiled(c) if compile else c, w, data, clock)
+    names = list(runners)
     for r in runners.values():
         r.warm_up(block)
     flops = {n: r.flops() for n, r in runners.items()}
     saved = {n: saved_activations_mb(r.c, data[0]) for n, r in runners.items()}
     ref_runner = runners.get(REFERENCE) or next(iter(runners.values()))
-    matmul = MatmulReference(gemm_shapes(ref_runner.c, data[0]), block, clock)
+    matmul = MatmulReference(gemm_shapes(ref_runner.c, data[0]), block, clock, device)
     times = {(n, m): [] for n in names for m in MEASURES}
     matmul_times, loads = [], []
     for k in range(rounds):
@@ -280,29 +322,40 @@ def run_workload(w: Workload, names: list[str], rounds: int, block: float, memor
             "train_gflops": flops[n] / med["train"] / 1e9,
             "final_loss": r.loss, "memory": mem.get(n, {}), "saved_activations_mb": saved[n],
         }
-    if REFERENCE in runners:
-        result["targets"] = check_targets(w.name, times, result)
+    for n, r in runners.items():
+        result["contenders"][n]["logdet_error_nats"] = quality(r.c, w, data[0])
+    result["targets"] = check_targets(w.name, times, result)
     print(table(result), flush=True)
     return result
 
 
 def check_targets(workload: str, times: dict, result: dict) -> list[dict]:
     out = []
-    for peers, goal in TARGETS.get(workload, []):
+    for name, peers, goal in TARGETS.get(workload, []):
         present = [p for p in peers if p in result["contenders"]]
-        if not present:
+        if name not in result["contenders"] or not present:
             continue
         best = [min(times[p, "train"][k] for p in present) for k in range(result["rounds"])]
-        ratio = statistics.median(b / r for b, r in zip(best, times[REFERENCE, "train"]))
-        best_rounds = min(min(times[p, "train"]) for p in present) / min(times[REFERENCE, "train"])
-        out.append({"what": f"train step vs fastest of {'/'.join(present)}", "goal": goal,
-                    "ratio": ratio, "met": ratio >= goal, "ratio_of_best_rounds": best_rounds})
-    if workload == MATMUL_TARGET[0]:
+        ratio = statistics.median(b / r for b, r in zip(best, times[name, "train"]))
+        best_rounds = min(min(times[p, "train"]) for p in present) / min(times[name, "train"])
+        out.append({"what": f"{name} train step vs fastest of {'/'.join(present)}", "goal": goal,
+                    "ratio": ratio, "met": None if goal is None else ratio >= goal,
+                    "ratio_of_best_rounds": best_rounds})
+    if workload == MATMUL_TARGET[0] and REFERENCE in result["contenders"]:
         share = result["contenders"][REFERENCE]["train_gflops"] / result["matmul_gflops"]
         out.append({"what": "train GFLOP/s / matmul GFLOP/s", "goal": MATMUL_TARGET[1],
                     "ratio": share, "met": share >= MATMUL_TARGET[1]})
     return out
 
+
+def quality(c: Contender, w: Workload, x: torch.Tensor) -> float | None:
+    """Log-det error (nats) of ``c``'s flow at its precision against the exact log-det of the
+    map it computed (``_quality.logdet_error``); ``None`` where not measured."""
+    if not isinstance(c.module, torch.distributions.Transform):
+        return None
+    if torch.Size(w.event_shape).numel() > QUALITY_MAX_DIM:
+        return None
+    return logdet_error(c.module, x, PRECISION.get(c.name, "fp32"))
 
 def _rate(x: float) -> str:
     return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
@@ -312,7 +365,8 @@ def table(result: dict) -> str:
     cols = [("train", "train steps/s"), ("log_prob", "log_prob /s"), ("sample", "sample /s"),
             ("log_prob_nograd", "log_prob no-grad /s"), ("sample_nograd", "sample no-grad /s")]
     head = (["contender", "params"] + [c[1] for c in cols]
-            + ["train GFLOP/s (% matmul)", "saved act. MB", "step peak RSS MB (first)"])
+            + ["train GFLOP/s (% matmul)", "saved act. MB", "step peak RSS MB (first)",
+               "log-det error (nats)"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     batch = result["workload"]["batch"]
     for n, c in result["contenders"].items():
@@ -326,6 +380,8 @@ def table(result: dict) -> str:
         mem = c["memory"]
         row.append(f"{mem['train_step_mb']:.0f} ({mem['first_step_mb']:.0f})" if "train_step_mb" in mem
                    else mem.get("error", "-"))
+        err = c.get("logdet_error_nats")
+        row.append("-" if err is None else f"{err:.1e}")
         lines.append("| " + " | ".join(row) + " |")
     lines.append(f"\nmatmul reference: {result['matmul_gflops']:.1f} GFLOP/s; (r x) = median per-round "
                  f"ratio of pyro-flows' speed to the contender's (> 1: pyro-flows faster); "
@@ -335,8 +391,9 @@ def table(result: dict) -> str:
         lines.append(f"skipped {s}: {why}")
     for t in result.get("targets", []):
         best = t.get("ratio_of_best_rounds")
-        lines.append(f"target {t['what']}: {t['ratio']:.2f} (goal >= {t['goal']}) "
-                     f"{'MET' if t['met'] else 'MISSED'}"
+        verdict = "" if t["goal"] is None else (f" (goal >= {t['goal']}) "
+                                                 f"{'MET' if t['met'] else 'MISSED'}")
+        lines.append(f"ratio {t['what']}: {t['ratio']:.2f}{verdict}"
                      + (f"; ratio of best rounds {best:.2f}" if best is not None else ""))
     return "\n".join(lines)
 
@@ -380,6 +437,9 @@ def main(argv: list[str] | None = None) -> int:
                         "to other jobs do not inflate")
     p.add_argument("--threads", type=int, default=THREADS,
                    help=f"torch threads (default {THREADS}; 1 is less sensitive to a busy machine)")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    p.add_argument("--compile", action="store_true",
+                   help='log_prob under torch.compile(mode="reduce-overhead")')
     p.add_argument("--memory-probe", nargs=2, metavar=("CONTENDER", "WORKLOAD"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.threads < 1:
@@ -398,16 +458,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds is not None and args.rounds < 1:
         p.error(f"--rounds must be at least 1, got {args.rounds}")
     block = args.block or (0.05 if args.quick else 0.4)
-    memory = (not args.quick) if args.memory is None else args.memory
+    device = torch.device(args.device)
+    # Peak RSS says nothing of GPU memory: the probe is for CPU runs.
+    memory = (not args.quick and device.type == "cpu") if args.memory is None else args.memory
     env = environment()
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    env["device"], env["compile"] = str(device), args.compile
     print(f"{env['cpu']}, {env['nproc']} cores, {args.threads} threads, {args.clock} clock; "
-          f"{env['versions']}", flush=True)
+          f"device {device}{' (' + env['gpu'] + ')' if 'gpu' in env else ''}"
+          f"{', torch.compile' if args.compile else ''}; {env['versions']}", flush=True)
     t0 = time.perf_counter()
     results = []
     for name in workloads:
         rounds = args.rounds or (QUICK_ROUNDS if args.quick else ROUNDS)[name]
         results.append(run_workload(WORKLOADS[name], names, rounds, block, memory,
-                                    CLOCKS[args.clock]))
+                                    CLOCKS[args.clock], device, args.compile))
     env["wall_seconds"] = time.perf_counter() - t0
     print(f"\ntotal {env['wall_seconds']:.0f} s")
     if args.json:

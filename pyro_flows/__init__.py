@@ -2,7 +2,7 @@
 
 import importlib
 
-from . import data, infer, training, transforms
+from . import data, infer, precision, training, transforms
 from .init import initialize
 from .model import FlowModel
 from .registry import available, build, register
@@ -27,6 +27,7 @@ __all__ = [
     "fit",
     "infer",
     "initialize",
+    "precision",
     "register",
     "training",
     "transforms",

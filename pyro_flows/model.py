@@ -195,6 +195,16 @@ class FlowModel(nn.Module):
     (torch.Size([10]), torch.Size([3, 4]))
     >>> bool(model.bits_per_dim(data).mean() > 0)
     True
+
+    Mixed precision: compute inside :func:`pyro_flows.precision.autocast` (``"bf16-mixed"``,
+    ``"fp16-mixed"``); the conditioner networks then run in low precision while the density
+    stays exact in float32, the base log-density and the preprocessing included (module
+    :mod:`pyro_flows.precision` says when it pays).
+
+    >>> from pyro_flows.precision import autocast
+    >>> with autocast("bf16-mixed", "cpu"):
+    ...     model.log_prob(data).dtype
+    torch.float32
     """
 
     def __init__(self, transforms: Transform | Sequence[Transform],

@@ -8,7 +8,10 @@ import torch
 from pyro.nn import ConditionalDenseNN, DenseNN
 from torch import nn
 
-__all__ = ["ConvNet", "channels_last", "dense_net", "soft_clamp", "zero_last_layer"]
+from .precision import full_precision
+
+__all__ = ["ConvNet", "Float32InputLinear", "channels_last", "dense_net", "soft_clamp",
+           "zero_last_layer"]
 
 
 def soft_clamp(raw: torch.Tensor, bound: float) -> torch.Tensor:
@@ -27,6 +30,32 @@ def zero_last_layer(net: nn.Module) -> nn.Module:
     return net
 
 
+class Float32InputLinear(nn.Linear):
+    """A ``Linear`` that computes in float32 even under autocast: the first layer of a
+    conditioner, which reads the conditioning data. Rounded to bfloat16 (8 bits), those inputs
+    would make the conditioner a step function of them at the scale of fine detail in the data;
+    the layers after it are where the time goes, and they run in low precision.
+
+    >>> from pyro_flows.precision import autocast
+    >>> with autocast("bf16-mixed"):
+    ...     Float32InputLinear(3, 2)(torch.randn(1, 3)).dtype
+    torch.float32
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with full_precision(x):
+            return super().forward(x.to(self.weight.dtype))
+
+
+def _float32_input(layer: nn.Linear) -> Float32InputLinear:
+    # No initialization of its own: it takes the layer's values, and draws nothing from the
+    # random stream (a seeded model is the same as before it was swapped in).
+    first = torch.nn.utils.skip_init(Float32InputLinear, layer.in_features, layer.out_features,
+                                     bias=layer.bias is not None)
+    first.load_state_dict(layer.state_dict())
+    return first
+
+
 def dense_net(
     input_dim: int,
     param_dims: list[int],
@@ -43,6 +72,7 @@ def dense_net(
             net = ConditionalDenseNN(input_dim, context_dim, list(hidden_dims), param_dims)
         else:
             net = DenseNN(input_dim, list(hidden_dims), param_dims)
+        net.layers[0] = _float32_input(net.layers[0])  # same parameter names, same values
     return zero_last_layer(net)
 
 
@@ -63,7 +93,8 @@ class ConvNet(nn.Module):
         the input (0 for none).
     :param residual: add a skip connection around the 1x1 layer.
 
-    Inputs are ``(N, C, H, W)``; a context is ``(N, context_dim)``. The weights and hidden
+    Inputs are ``(N, C, H, W)``; a context is ``(N, context_dim)``. Under autocast the first
+    layer, which reads the data, stays float32 (:class:`Float32InputLinear` says why). The weights and hidden
     activations are kept channels-last (:func:`channels_last`): a Glow training step takes 23 %
     less time on one CPU thread, with the same outputs up to float rounding.
 
@@ -95,7 +126,8 @@ class ConvNet(nn.Module):
                 raise ValueError("this network was built with a context; pass one")
             c = context[..., None, None].expand(*context.shape, *x.shape[-2:])
             x = torch.cat([x, c], dim=-3)
-        h = torch.relu(self.conv_in(channels_last(x)))
+        with full_precision(x):  # the layer that reads the data: float32, see Float32InputLinear
+            h = torch.relu(self.conv_in(channels_last(x)))
         g = torch.relu(self.conv_hidden(h))
         h = h + g if self.residual else g
         # Back to the caller's layout: the output is small (shift and scale of one half).

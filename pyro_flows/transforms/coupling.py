@@ -129,13 +129,17 @@ class _Coupling(Bijector):
         if self.context_dim and context is None:
             raise ValueError(f"{type(self).__name__} was built with context_dim="
                              f"{self.context_dim}; call .condition(context) first")
+        # Under autocast the network computes in low precision; its output is taken back to
+        # the input's dtype before any of the invertible arithmetic, which both directions then
+        # do alike on the same values (pyro_flows.precision).
         if len(self.event_shape) == 1:
             out = self.net(x1, context) if self.context_dim else self.net(x1)
-            return list(out) if self.num_params > 1 else [out]
+            out = list(out) if self.num_params > 1 else [out]
+            return [p.to(x1.dtype) for p in out]
         batch = x1.shape[:-3]
         flat = x1.reshape(-1, *x1.shape[-3:])
         ctx = context.reshape(-1, context.shape[-1]) if self.context_dim else None
-        out = self.net(flat, ctx)
+        out = self.net(flat, ctx).to(x1.dtype)
         return [p.reshape(*batch, *p.shape[-3:]) for p in out.chunk(self.num_params, dim=-3)]
 
     def _broadcast(self, x: torch.Tensor, context: torch.Tensor | None):

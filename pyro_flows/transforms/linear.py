@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..precision import full_precision
 from .base import Bijector
 from .shapes import as_event_shape, check_event_shape
 
@@ -69,15 +70,19 @@ class _InvertibleMatrix(Bijector):
         pixels = self.event_shape[1] * self.event_shape[2] if len(self.event_shape) == 3 else 1
         return (logdet * pixels).expand(x.shape[: x.dim() - len(self.event_shape)])
 
+    # The matrices and the mixing stay in the parameters' precision under autocast: W and W^-1
+    # rounded to bfloat16 separately would no longer be each other's inverse.
     def call_and_ladj(self, x: torch.Tensor, context: torch.Tensor | None = None):
         check_event_shape(self, x, self.event_shape)
-        w, logdet = self._matrices(inverse=False)
-        return self._mix(x, w), self._ladj(x, logdet)
+        with full_precision(x):
+            w, logdet = self._matrices(inverse=False)
+            return self._mix(x, w), self._ladj(x, logdet)
 
     def inverse_and_ladj(self, y: torch.Tensor, context: torch.Tensor | None = None):
         check_event_shape(self, y, self.event_shape)
-        w_inv, logdet = self._matrices(inverse=True)
-        return self._mix(y, w_inv), self._ladj(y, logdet)
+        with full_precision(y):
+            w_inv, logdet = self._matrices(inverse=True)
+            return self._mix(y, w_inv), self._ladj(y, logdet)
 
 
 class InvertibleLinear(_InvertibleMatrix):

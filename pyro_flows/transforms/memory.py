@@ -17,6 +17,7 @@ from typing import Sequence
 
 import torch
 
+from ..precision import same_autocast
 from .base import Bijector
 
 __all__ = ["invertible_checkpoint", "rebuild", "rebuild_by_inversion", "run_blocks"]
@@ -74,6 +75,8 @@ class _InvertibleCheckpoint(torch.autograd.Function):
                 ladj = ladj + ld
         ctx.blocks, ctx.inverse = blocks, inverse
         ctx.params = params
+        # The blocks are rerun in backward exactly as here, conditioners in the same precision.
+        ctx.precision = same_autocast(x)
         ctx.save_for_backward(x, context)
         return x, ladj
 
@@ -86,7 +89,10 @@ class _InvertibleCheckpoint(torch.autograd.Function):
         grad_context = None
         for block in reversed(ctx.blocks):
             c = context.detach().requires_grad_() if want_context else context
-            leaves, out, ld, assemble = rebuild(block, y, c, ctx.inverse)
+            # The rerun only: backward ops take their forward's precision by themselves, and
+            # under autocast the float32 ones would be cast down.
+            with ctx.precision:
+                leaves, out, ld, assemble = rebuild(block, y, c, ctx.inverse)
             params = [p for p in block.parameters() if p.requires_grad]
             inputs = [*leaves, *params] + ([c] if want_context else [])
             pairs = [(t, g) for t, g in ((out, grad_y), (ld, grad_ladj.expand_as(ld)))

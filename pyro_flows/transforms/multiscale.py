@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..nn import channels_last, soft_clamp, zero_last_layer
+from ..precision import full_precision
 from .actnorm import ActNorm
 from .base import Bijector
 from .conditional import ConditionalBijector
@@ -141,13 +142,18 @@ class MultiScaleFlow(Bijector):
         if context is not None:
             ctx = context[:, :, None, None].expand(-1, -1, *kept.shape[-2:])
             kept = torch.cat([kept, ctx], dim=1)
-        loc, raw = self.priors[level](channels_last(kept)).contiguous().chunk(2, dim=1)
+        # One layer reading the data: float32 under autocast (see nn.Float32InputLinear).
+        with full_precision(kept):
+            out = self.priors[level](channels_last(kept)).contiguous()
+        loc, raw = out.chunk(2, dim=1)
         return loc, soft_clamp(raw, PRIOR_SCALE_BOUND)
 
     def _top_prior(self, n: int, context: torch.Tensor | None):
         loc, raw = self.top_loc.expand(n, *self.top_shape), self.top_log_scale.expand(n, *self.top_shape)
         if context is not None:
-            dloc, draw = self.top_context(context).reshape(n, 2, *self.top_shape).unbind(1)
+            with full_precision(context):
+                out = self.top_context(context)
+            dloc, draw = out.reshape(n, 2, *self.top_shape).unbind(1)
             loc, raw = loc + dloc, raw + draw
         return loc, soft_clamp(raw, PRIOR_SCALE_BOUND)
 
