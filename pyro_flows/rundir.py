@@ -109,6 +109,29 @@ class RunDirectory:
         self.partial = self.path.parent / f".{self.path.name}.partial"
         self.old = self.path.parent / f".{self.path.name}.old"
 
+    def check_mode(self, resume: bool, overwrite: bool) -> None:
+        """Refuse, before anything is written, a ``--resume``/``--overwrite`` choice that does
+        not fit what the directory holds, naming the fix."""
+        run, state = self, self.state()
+        if resume and overwrite:
+            raise ValueError("--resume continues a run and --overwrite replaces it: pass one")
+        if state == "foreign":
+            what = "a file" if run.path.is_file() else "a directory holding other files"
+            raise ValueError(f"--out {run.path} is {what}, not a pyro-flows run; choose another "
+                             "--out")
+        if resume and state in ("absent", "empty"):
+            raise ValueError(f"--resume: {run.path} holds no run to continue; drop --resume")
+        if resume and state == "finished" and not (run.path / CHECKPOINT).is_file():
+            raise ValueError(f"--resume: {run.path} has no {CHECKPOINT} to continue from")
+        if not (resume or overwrite) and state == "finished":
+            raise ValueError(f"{run.path} already holds a run; pass --resume to continue it, "
+                             "--overwrite to replace it, or choose another --out")
+        if not (resume or overwrite) and state == "unfinished":
+            what = ("a finished run and an unfinished one" if (run.path / CONFIG).is_file()
+                    else "an unfinished run")
+            raise ValueError(f"{run.path} holds {what} (interrupted); pass --resume to continue "
+                             "the unfinished run or --overwrite to start afresh")
+
     def state(self) -> str:
         """``"unfinished"`` (a resumable partial run exists), ``"finished"``, ``"foreign"``
         (a file, or a directory holding other things), ``"empty"`` or ``"absent"``."""

@@ -336,3 +336,13 @@ def test_a_run_written_before_the_new_defaults_still_loads(tmp_path):
     # The weights no longer match alpha 0.01, but the model rebuilds with alpha 0.05.
     from pyro_flows.rundir import build_model
     assert build_model(config).preprocessing.logit_alpha == 0.05
+
+
+def test_precision_is_recorded_and_bad_names_are_one_line_errors(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["fit", "two_moons", "--epochs", "1", "--quiet", "--threads", "1",
+                 "--precision", "bf16-mixed", "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["precision"] == "bf16-mixed"
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", "two_moons", "--precision", "bf16", "--out", str(tmp_path / "x")])
+    assert stop.value.code == 2 and "bf16-mixed" in capsys.readouterr().err

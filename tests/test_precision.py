@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -169,34 +171,22 @@ def test_exact_under_cuda_autocast(precision):
     assert torch.allclose(grads[1], grads[0], rtol=1e-2, atol=1e-3)
 
 
-class _Mixed(nn.Module):
-    """``model``'s log-density computed at ``precision``: what ``fit(..., precision=...)``
-    does around its loss."""
-
-    def __init__(self, model: nn.Module, precision: str) -> None:
-        super().__init__()
-        self.model, self.precision = model, precision
-
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        with autocast(self.precision, x.device):
-            return self.model.log_prob(x)
-
-
 def _nll(model, precision, test) -> float:
     torch.manual_seed(1)  # the same dequantization noise every time
-    with torch.no_grad():
-        return -_Mixed(model, precision).log_prob(test).mean().item()
+    with torch.no_grad(), autocast(precision, test.device):
+        return -model.log_prob(test).mean().item()
 
 
 def _test_nll(make, train, test, **fit_kwargs) -> dict[str, float]:
-    """Test NLL after the same fit in fp32 and in bf16-mixed, and before it (``"start"``)."""
+    """Test NLL after the same ``fit(..., precision=...)`` in fp32 and in bf16-mixed, and
+    before it (``"start"``)."""
     nll = {}
     for precision in ("fp32", "bf16-mixed"):
         torch.manual_seed(0)
         model = make()
         pyro_flows.initialize(model, train[:256])
         nll["start"] = _nll(model, "fp32", test)
-        pyro_flows.fit(_Mixed(model, precision), train, progress=False, seed=0, **fit_kwargs)
+        pyro_flows.fit(model, train, progress=False, seed=0, precision=precision, **fit_kwargs)
         nll[precision] = _nll(model, precision, test)
     return nll
 
@@ -242,6 +232,7 @@ def test_bf16_fit_matches_fp32_on_a_tabular_set():
                   learned=1.5)
 
 
+@pytest.mark.slow
 def test_bf16_fit_matches_fp32_on_digits_glow():
     pytest.importorskip("sklearn")
     images = pyro_flows.data.load_digits_images()
@@ -251,3 +242,22 @@ def test_bf16_fit_matches_fp32_on_digits_glow():
                                                     steps=4, hidden_channels=64),
                             train, test, epochs=4, batch_size=64, lr=3e-3, warmup_steps=10),
                   learned=20.0)
+
+
+def test_fit_records_its_precision_and_refuses_to_resume_at_another(tmp_path):
+    model = FlowModel.build("realnvp", (2,), num_layers=2)
+    data = pyro_flows.data.two_moons(256)
+    pyro_flows.fit(model, data, epochs=1, precision="bf16-mixed", checkpoint_dir=tmp_path,
+                   progress=False)
+    with pytest.raises(ValueError, match="precision"):
+        pyro_flows.fit(FlowModel.build("realnvp", (2,), num_layers=2), data, epochs=2,
+                       precision="fp32", checkpoint_dir=tmp_path, resume=True, progress=False)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        pyro_flows.fit(model, data, epochs=1, precision="bf16", progress=False)
+
+
+def test_fit_in_fp16_mixed_steps_through_its_grad_scaler():
+    model = FlowModel.build("realnvp", (2,), num_layers=2)
+    history = pyro_flows.fit(model, pyro_flows.data.two_moons(512), epochs=2, batch_size=128,
+                             precision="fp16-mixed", progress=False)
+    assert history.steps[-1] > 0 and all(map(math.isfinite, history.train_loss))

@@ -8,14 +8,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..precision import autocast
 from .examples import Examples, world
 
 __all__ = ["mean_nll"]
 
 
 @torch.no_grad()
-def mean_nll(model: nn.Module, data: torch.Tensor | Examples, batch_size: int = 500
-             ) -> tuple[float, float | None]:
+def mean_nll(model: nn.Module, data: torch.Tensor | Examples, batch_size: int = 500,
+             precision: str = "fp32") -> tuple[float, float | None]:
     """Mean NLL (nats per example) of ``data`` and, if the model has a ``bits_per_dim``
     method, the same in bits per dimension (else ``None``). Under ``torch.distributed`` each
     rank scores a slice and the sums are all-reduced: every rank calls it.
@@ -36,7 +37,8 @@ def mean_nll(model: nn.Module, data: torch.Tensor | Examples, batch_size: int = 
     for idx in torch.arange(examples.size).tensor_split(size)[rank].split(batch_size):
         if len(idx):
             x = examples.batch(idx, like)
-            log_prob = model.log_prob(x)
+            with autocast(precision, x.device):
+                log_prob = model.log_prob(x).float()
             if log_prob.shape != x.shape[:1]:
                 raise ValueError(f"model.log_prob must return one value per example, shape "
                                  f"({len(x)},), got {tuple(log_prob.shape)}")

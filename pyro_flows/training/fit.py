@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from ..checkpoint import set_rng_state
 from ..ema import EMA
+from ..precision import grad_scaler
 from .checkpointer import Checkpointer, gather_rng_states
 from .evaluation import mean_nll
 from .examples import Examples, broadcast_state, world
@@ -49,8 +50,8 @@ class _Run:
     mid-epoch: ``order`` is then the generator state the epoch began with)."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, warmup_steps: int,
-                 seed: int, guard: NonFiniteGuard) -> None:
-        self.model, self.optimizer, self.guard = model, optimizer, guard
+                 seed: int, guard: NonFiniteGuard, scaler: torch.amp.GradScaler) -> None:
+        self.model, self.optimizer, self.guard, self.scaler = model, optimizer, guard, scaler
         self.ema: EMA | None = None  # made once the model is initialized
         self.scheduler = linear_warmup(optimizer, warmup_steps)
         self.order = torch.Generator().manual_seed(seed)  # the data order, and nothing else
@@ -68,7 +69,8 @@ class _Run:
                 "epoch_loss": loss if torch.is_tensor(loss) else torch.tensor(loss),
                 "epoch_count": self.epoch_count,
                 "skipped_before_epoch": self.skipped_before_epoch,
-                "ema": None if self.ema is None else self.ema.state_dict()}
+                "ema": None if self.ema is None else self.ema.state_dict(),
+                "scaler": self.scaler.state_dict()}
 
     def load_state_dict(self, ckpt: dict[str, Any], rank: int, size: int,
                         like: torch.Tensor) -> None:
@@ -85,6 +87,8 @@ class _Run:
         self.skipped_before_epoch = ckpt["skipped_before_epoch"]
         if self.ema is not None:
             self.ema.load_state_dict(ckpt["ema"])
+        if ckpt["scaler"]:
+            self.scaler.load_state_dict(ckpt["scaler"])
 
     def averaged(self):
         """A block in which the model holds its averaged weights (if any are kept)."""
@@ -125,6 +129,7 @@ def fit(
     optimizer: torch.optim.Optimizer | None = None,
     loss: LossFn | None = None,
     ema_decay: float | None = None,
+    precision: str = "fp32",
     progress: bool = True,
     log_every: int = 20,
     callback: Callable[[int, History], bool | None] | None = None,
@@ -163,6 +168,9 @@ def fit(
         returned model then use the averaged weights, while training continues from the raw
         ones (both are in the checkpoint). ``None``: no averaging. The command line uses 0.999,
         which lowered the digits job's test bits/dim by 0.05 (``benchmarks/quality.py``).
+    :param precision: ``"fp32"``, ``"bf16-mixed"`` or ``"fp16-mixed"``: conditioner networks
+        in low precision, every log-det and invertible update in float32, so the density
+        stays exact (:mod:`pyro_flows.precision`); ``"fp16-mixed"`` adds a gradient scaler.
     :param progress: show a tqdm bar with the loss (rank 0 only).
     :param log_every: steps between updates of the bar (each reads the loss from the device).
     :param callback: ``callback(epoch, history)`` after each epoch (counted from 0) and its
@@ -204,7 +212,9 @@ def fit(
     optimizer = adam(params, lr) if optimizer is None else optimizer
     advice = (f"Try a lower lr (now {lr:g}), a longer warm-up (warmup_steps={warmup_steps}), "
               "a smaller clip_grad_norm, or check the data and the model's log_prob")
-    run = _Run(model, optimizer, warmup_steps, seed, NonFiniteGuard(max_bad_steps, advice))
+    scaler = grad_scaler(precision, like.device)
+    run = _Run(model, optimizer, warmup_steps, seed, NonFiniteGuard(max_bad_steps, advice),
+               scaler)
     checkpointer = None if checkpoint_dir is None else Checkpointer(checkpoint_dir, {
         "model": {k: list(v.shape) for k, v in model.state_dict().items()
                   if isinstance(v, torch.Tensor)},
@@ -214,7 +224,7 @@ def fit(
         "lr": [g["initial_lr"] for g in optimizer.param_groups],
         "loss": "nll" if loss is None else getattr(loss, "__qualname__", type(loss).__name__),
         "warmup_steps": warmup_steps, "clip_grad_norm": clip_grad_norm, "seed": seed,
-        "ema_decay": ema_decay})
+        "ema_decay": ema_decay, "precision": precision})
 
     model.train()
     if resume:
@@ -233,7 +243,7 @@ def fit(
         run.ema = None if ema_decay is None else EMA(model, ema_decay)
     if checkpointer is not None and rank == 0:
         checkpointer.remove_stale_temp_files()
-    objective: nn.Module = Objective(model, loss)
+    objective: nn.Module = Objective(model, loss, precision)
     if size > 1:  # static: finds the unused parameters once, then costs nothing
         objective = DistributedDataParallel(
             objective, device_ids=[like.device] if like.device.type == "cuda" else None,
@@ -272,17 +282,18 @@ def fit(
                 x = train.batch(idx.tensor_split(size)[rank], like)
                 # DDP averages gradients over ranks; so scaled, they are the global mean's.
                 result = train_step(objective, x, optimizer, params, clip_grad_norm,
-                                    scale=size / len(idx))
+                                    scale=size / len(idx), scaler=scaler)
                 batch_loss = result.loss.clone()
                 if size > 1:  # gradients are all-reduced too: every rank takes the same branch
                     dist.all_reduce(batch_loss)
                 if run.guard.allows(batch_loss, result.grad_norm):
-                    optimizer.step()
+                    scaler.step(optimizer)  # optimizer.step(), unless fp16's scaler is on
                     run.scheduler.step()
                     if run.ema is not None:
                         run.ema.update(model)
                     run.epoch_loss = run.epoch_loss + batch_loss
                     run.epoch_count += len(idx)
+                scaler.update()  # fp16: learns from the skipped steps too; else a no-op
                 run.position += 1
                 if not bar.disable and run.epoch_count and (
                         run.position % log_every == 0 or run.position == len(batches)):
@@ -291,7 +302,7 @@ def fit(
                 if interrupted(run.position):
                     save(start_order)
                     raise TrainingInterrupted(run.epoch, run.position, checkpointer is not None)
-            _end_epoch(run, val, batch_size, patience, began)
+            _end_epoch(run, val, batch_size, patience, began, precision)
             save(run.order.get_state())
             if _stop(callback, run, like, size):
                 break
@@ -316,13 +327,13 @@ def _shown(run: _Run, loss: LossFn | None, x: torch.Tensor) -> dict[str, str]:
 
 
 def _end_epoch(run: _Run, val: Examples | None, batch_size: int, patience: int | None,
-               began: float) -> None:
+               began: float, precision: str) -> None:
     history = run.history
     count = run.epoch_count
     history.train_loss.append(float(run.epoch_loss) / count if count else math.nan)
     if val is not None:
         with run.averaged():
-            val_loss, val_bpd = mean_nll(run.model, val, batch_size)
+            val_loss, val_bpd = mean_nll(run.model, val, batch_size, precision)
         history.val_loss.append(val_loss)
         if val_bpd is not None:
             history.val_bits_per_dim.append(val_bpd)
