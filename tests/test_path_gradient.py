@@ -60,3 +60,15 @@ def test_other_values_keep_the_full_log_density_gradient():
     torch.testing.assert_close(posterior.log_prob(drawn), posterior.log_prob(given))
     (grad,) = torch.autograd.grad(posterior.log_prob(given).sum(), guide.loc)
     assert grad.abs().max() > 0  # fitting q to given values still trains it
+
+
+@pytest.mark.parametrize("flow, expected", [("realnvp", True), ("nice", True), ("glow", False)])
+def test_path_gradient_is_on_by_default_except_for_glow(flow, expected):
+    from pyro_flows.infer.path_gradient import PathGradientPosterior
+
+    guide = AutoFlow(standard_normal, flow, num_layers=2, hidden_dims=(8, 8))
+    guide()
+    assert isinstance(guide.get_posterior(), PathGradientPosterior) is expected
+    off = AutoFlow(standard_normal, flow, num_layers=2, hidden_dims=(8, 8), path_gradient=False)
+    off()
+    assert not isinstance(off.get_posterior(), PathGradientPosterior)
