@@ -2,7 +2,8 @@
 and ``AutoNormalizingFlow`` (and ``AutoNormal`` as the floor) on 2-D targets with known moments.
 
     python benchmarks/coverage.py [--steps 3000] [--lr 0.01] [--particles 1] [--seed 0]
-                                  [--targets banana,ring,mixture] [--threads 1]
+                                  [--targets banana,ring,mixture] [--guides NAMES]
+                                  [--autoflow '{"num_layers": 8}'] [--threads 1]
 
 Targets (the "posterior" is the model's own joint over ``(z1, z2)``, no data):
 
@@ -21,6 +22,7 @@ sds, and PASS/FAIL.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from typing import Callable
 
@@ -78,7 +80,7 @@ TARGETS = {
 }
 
 
-def guides() -> dict[str, Callable]:
+def guides(autoflow_kwargs: dict) -> dict[str, Callable]:
     def realnvp_flow(dim: int):
         # Pyro's own flow guide: affine couplings with permutations, as in its tutorial.
         return dist.transforms.ComposeTransformModule([
@@ -89,7 +91,7 @@ def guides() -> dict[str, Callable]:
         "AutoNormal": AutoNormal,
         "AutoIAFNormal": AutoIAFNormal,
         "AutoNormalizingFlow(4 affine)": lambda m: AutoNormalizingFlow(m, realnvp_flow),
-        "AutoFlow (default)": AutoFlow,
+        "AutoFlow (default)": lambda m: AutoFlow(m, **autoflow_kwargs),
     }
 
 
@@ -122,13 +124,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--targets", default=",".join(TARGETS))
     parser.add_argument("--guides", default=None, help="comma-separated subset of the guides")
+    parser.add_argument("--autoflow", type=json.loads, default={},
+                        help="JSON keyword arguments for AutoFlow (a sweep away from its defaults)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    chosen = guides()
+    chosen = guides(args.autoflow)
     if args.guides:
         chosen = {k: v for k, v in chosen.items() if k in args.guides.split(",")}
-    print(f"{args.steps} steps, Adam lr {args.lr}, {args.particles} particle(s), seed {args.seed}")
+    print(f"{args.steps} steps, Adam lr {args.lr}, {args.particles} particle(s), seed {args.seed}, "
+          f"AutoFlow arguments {args.autoflow}")
     for target in args.targets.split(","):
         model, mean, sd = TARGETS[target]
         print(f"{target}: true mean {mean.tolist()}, sd {[round(s, 3) for s in sd.tolist()]}")

@@ -38,12 +38,13 @@ import pandas as pd
 import torch
 from pyro import poutine
 from pyro.infer import MCMC
+from pyro.ops.stats import fit_generalized_pareto
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import prune_subsample_sites
 
 from pyro_flows.infer.iwae import importance_log_weights, importance_sample
 
-__all__ = ["compare_with_mcmc", "psis_khat", "to_inference_data"]
+__all__ = ["compare_with_mcmc", "psis_khat", "tail_khat", "to_inference_data"]
 
 _COLUMNS = ["mean_vi", "sd_vi", "mean_mcmc", "sd_mcmc", "std_mean_error", "sd_ratio"]
 
@@ -156,8 +157,8 @@ def psis_khat(
 ) -> float:
     """Pareto k-hat of the importance weights ``p(x, z) / q(z)``, ``z ~ q``.
 
-    The estimated shape of the weights' generalized Pareto tail, from
-    :func:`arviz.psislw`, judges how well the guide covers the posterior
+    The estimated shape of the weights' generalized Pareto tail (Pyro's
+    :func:`~pyro.infer.importance.psis_diagnostic` estimate, :func:`tail_khat`) judges how well the guide covers the posterior
     (Yao, Vehtari, Simpson & Gelman 2018, "Yes, but did it work?: Evaluating
     variational inference"):
 
@@ -193,19 +194,42 @@ def psis_khat(
     spread = float(log_weights.max() - log_weights.min())
     scale = max(1.0, float(log_weights.abs().max()))
     if spread <= 64 * torch.finfo(log_weights.dtype).eps * scale:
-        # Constant weights (q equals the posterior) leave no tail to fit and
-        # arviz would report inf, the verdict for the worst guides.
+        # Constant weights (q equals the posterior) leave no tail to fit, which Pyro's
+        # estimate reports as inf, the verdict for the worst guides.
         return -math.inf
-    # Double precision: the tail fit works on exp(log-weight differences).
-    _, khat = arviz.psislw(log_weights.detach().cpu().double().numpy())
-    if not np.isfinite(khat):
+    khat = tail_khat(log_weights)
+    if not math.isfinite(khat):
         warnings.warn(
             f"k-hat could not be estimated from {num_samples} draws (too few distinct "
             "weights in the tail); increase num_samples",
             RuntimeWarning,
             stacklevel=2,
         )
-    return float(khat)
+    return khat
+
+
+def tail_khat(log_weights: torch.Tensor) -> float:
+    """The generalized Pareto shape of the largest importance weights, as
+    :func:`pyro.infer.importance.psis_diagnostic` estimates it from its own draws: the
+    ``min(S / 5, 3 sqrt(S))`` largest of ``S`` weights (Vehtari et al., "Pareto smoothed
+    importance sampling", 2015/2024), fitted by :func:`pyro.ops.stats.fit_generalized_pareto`.
+    ``inf`` when fewer than 10 weights lie in the tail.
+
+    :param log_weights: ``(S,)`` log importance weights.
+
+    >>> import torch  # weights u^-0.8, u ~ U(0, 1): a Pareto tail of shape 0.8
+    >>> u = torch.rand(4000, generator=torch.Generator().manual_seed(0))
+    >>> round(tail_khat(-0.8 * u.log()), 1)
+    0.8
+    """
+    lw = log_weights.detach().double().flatten()
+    lw = torch.sort(lw - lw.max()).values
+    tail_size = math.ceil(min(0.2 * len(lw), 3.0 * math.sqrt(len(lw))))
+    cutoff = max(math.log(1e-15), float(lw[-tail_size - 1]))
+    tail = lw[lw > cutoff]
+    if len(tail) < 10:
+        return math.inf
+    return float(fit_generalized_pareto(tail.exp() - math.exp(cutoff))[0])
 
 
 def _posterior_arrays(source: MCMC | arviz.InferenceData) -> dict[str, np.ndarray]:

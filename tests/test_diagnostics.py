@@ -14,7 +14,7 @@ import torch
 from pyro.infer import MCMC, NUTS
 from pyro.infer.autoguide import AutoNormal, init_to_value
 
-from pyro_flows.diagnostics import compare_with_mcmc, psis_khat, to_inference_data
+from pyro_flows.diagnostics import compare_with_mcmc, psis_khat, tail_khat, to_inference_data
 
 DTYPE = torch.float64
 
@@ -208,3 +208,15 @@ def test_non_finite_log_weights_raise(diagnostic):
 
     with pytest.raises(ValueError, match="non-finite"):
         diagnostic(truncated, guide, num_samples=100)
+
+
+def test_tail_khat_is_pyros_psis_diagnostic_on_the_same_draws():
+    from pyro.infer.importance import psis_diagnostic, vectorized_importance_weights
+
+    guide = posterior_guide(0.5)
+    pyro.set_rng_seed(4)
+    log_weights = vectorized_importance_weights(model, guide, X, num_samples=1000,
+                                                max_plate_nesting=7)[0]
+    pyro.set_rng_seed(4)
+    expected = psis_diagnostic(model, guide, X, num_particles=1000, max_plate_nesting=7)
+    assert tail_khat(log_weights) == pytest.approx(float(expected), abs=1e-6)

@@ -18,11 +18,16 @@ sites belong to the model term; guide-only auxiliary sites, as in
 ``AutoContinuous`` guides, to the guide term).  Scales and masks from
 :mod:`pyro.poutine` or subsampled plates apply as in Pyro's ELBOs.
 
-Draws are evaluated as a batch under an extra outermost ``pyro.plate`` (as in
-:func:`pyro.infer.importance.vectorized_importance_weights`); a model whose
-code cannot broadcast over it falls back to one run per draw, with a warning.
-Everything runs under :func:`torch.no_grad`: this is an evaluation metric,
-not a training objective.
+Built on Pyro's own tools: the draws are traced by
+:func:`pyro.infer.enum.get_importance_trace` and evaluated as a batch by
+:func:`pyro.infer.importance.vectorized_importance_weights`. What this module
+adds is what those lack: chunks of ``batch_size`` draws combined with a running
+logsumexp (bounded memory for the thousands of draws an IWAE bound wants),
+per-datapoint bounds for amortized guides (``per_datapoint_plate``, read off
+the packed traces Pyro returns), a fallback to one run per draw for models
+that cannot broadcast over the draws, and errors that name the problem
+(missing guide sites, non-finite weights). Everything runs under
+:func:`torch.no_grad`: this is an evaluation metric, not a training objective.
 
 Example::
 
@@ -48,17 +53,17 @@ import math
 import warnings
 from typing import Any, Callable, Iterator, NamedTuple
 
-import pyro
 import torch
-from pyro import poutine
+from pyro.infer.enum import get_importance_trace
+from pyro.infer.importance import vectorized_importance_weights
 from pyro.poutine.trace_struct import Trace
-from pyro.poutine.util import prune_subsample_sites
 
 __all__ = [
     "ImportanceSamples", "importance_log_weights", "importance_sample", "iwae_log_likelihood"
 ]
 
-_PARTICLE_PLATE = "_iwae_particles"
+# Pyro's name for the plate over draws in vectorized_importance_weights.
+_PARTICLE_PLATE = "num_particles_vectorized"
 
 _Chunk = tuple[torch.Tensor, dict[str, torch.Tensor]]
 
@@ -90,7 +95,7 @@ class _Layout(NamedTuple):
 
     max_plate_nesting: int
     latent_shapes: dict[str, torch.Size]
-    plate_dim: int | None
+    plate: str | None  # the per-datapoint plate's name
     plate_size: int | None
     trace: Trace
 
@@ -99,17 +104,11 @@ class _LayoutChanged(RuntimeError):
     """A batched run disagrees with the unbatched one: it cannot be trusted."""
 
 
-def _trace_pair(
-    model: Callable, guide: Callable, args: tuple, kwargs: dict
-) -> tuple[Trace, Trace]:
-    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-    replayed = poutine.replay(model, trace=guide_trace)
-    model_trace = poutine.trace(replayed).get_trace(*args, **kwargs)
-    # Subsample sites carry indices, not densities.
-    traces = prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
-    for trace in traces:
-        trace.compute_log_prob()
-    return traces
+def _trace_pair(program: _Program, max_plate_nesting: float = math.inf) -> tuple[Trace, Trace]:
+    """One model trace replayed against one guide trace, subsample sites pruned, log-probs
+    computed (Pyro's ELBOs' own tracing)."""
+    return get_importance_trace("flat", max_plate_nesting, program.model, program.guide,
+                                program.args, program.kwargs)
 
 
 def _sample_sites(trace: Trace) -> Iterator[tuple[str, dict]]:
@@ -120,7 +119,7 @@ def _inspect(program: _Program, plate: str | None) -> _Layout:
     # This unbatched run also lets lazily built guides (AutoNormal and friends)
     # create their parameters outside the particle plate; built inside it,
     # their prototype trace would be batched over particles.
-    model_trace, guide_trace = _trace_pair(*program)
+    model_trace, guide_trace = _trace_pair(program)
     latent = {n: s["value"].shape for n, s in _sample_sites(model_trace) if not s["is_observed"]}
     if not latent:
         name = getattr(program.model, "__name__", repr(program.model))
@@ -141,11 +140,11 @@ def _inspect(program: _Program, plate: str | None) -> _Layout:
             # particle plate, hence the log_prob rank.
             nesting = max(nesting, site["log_prob"].dim())
             nesting = max([nesting] + [-f.dim for f in site["cond_indep_stack"] if f.vectorized])
-    plate_dim, plate_size = _find_plate(model_trace, guide_trace, plate) if plate else (None, None)
-    return _Layout(nesting, latent, plate_dim, plate_size, model_trace)
+    plate_size = _find_plate(model_trace, guide_trace, plate) if plate else None
+    return _Layout(nesting, latent, plate, plate_size, model_trace)
 
 
-def _find_plate(model_trace: Trace, guide_trace: Trace, plate: str) -> tuple[int, int]:
+def _find_plate(model_trace: Trace, guide_trace: Trace, plate: str) -> int:
     dims, size = set(), 0
     for trace in (model_trace, guide_trace):
         for name, site in _sample_sites(trace):
@@ -171,50 +170,37 @@ def _find_plate(model_trace: Trace, guide_trace: Trace, plate: str) -> tuple[int
                 )
     if len(dims) > 1:
         raise ValueError(f"plate {plate!r} has different dims in model and guide: {dims}")
-    return dims.pop(), size
+    return size
 
 
-def _summed_log_prob(trace: Trace, ndim: int, keep: list[int], shape: tuple) -> torch.Tensor:
-    """Sum every site's log-prob over all batch dims except the ``keep`` dims."""
+def _packed_sum(trace: Trace, keep: list[tuple[str, int]]) -> torch.Tensor:
+    """Sum of every site's packed log-prob over all dims but the ``(symbol, size)`` pairs in
+    ``keep``, shaped by their sizes (Pyro's ``plate_log_prob_sum`` keeps one plate; a site
+    constant along a kept plate, which packing leaves without its symbol, is broadcast)."""
     total = torch.zeros(())
-    for name, site in _sample_sites(trace):
-        log_prob = site["log_prob"]
-        if log_prob.dim() > ndim:
-            raise _LayoutChanged(f"site {name!r} has more batch dims than expected")
-        log_prob = log_prob.reshape((1,) * (ndim - log_prob.dim()) + log_prob.shape)
-        kept = [ndim + d for d in keep]
-        others = [d for d in range(ndim) if d not in kept]
-        if others:  # sum() over an empty dim list would sum over everything
-            log_prob = log_prob.sum(others, keepdim=True)
-        total = total + log_prob.reshape([log_prob.shape[d] for d in kept])
-    return total.expand(shape)
+    for _, site in _sample_sites(trace):
+        log_prob = site["packed"]["log_prob"]
+        present = "".join(s for s, _ in keep if s in log_prob._pyro_dims)
+        term = torch.einsum(f"{log_prob._pyro_dims}->{present}", log_prob)
+        total = total + term.reshape([n if s in present else 1 for s, n in keep])
+    return total.expand([n for _, n in keep])
 
 
-def _log_weights(
-    model_trace: Trace, guide_trace: Trace, layout: _Layout, particles: int | None
-) -> torch.Tensor:
-    """``(particles,)`` or ``()`` log-weights, with a trailing plate dim if per data point."""
-    ndim, keep, shape = layout.max_plate_nesting, [], ()
-    if particles is not None:
-        ndim += 1
-        keep, shape = [-ndim], (particles,)
-    if layout.plate_dim is not None:
-        keep, shape = keep + [layout.plate_dim], shape + (layout.plate_size,)
-    log_p = _summed_log_prob(model_trace, ndim, keep, shape)
-    return log_p - _summed_log_prob(guide_trace, ndim, keep, shape)
+def _log_weights(model_trace: Trace, guide_trace: Trace, layout: _Layout,
+                 particles: int | None) -> torch.Tensor:
+    """``(particles,)`` or ``()`` log-weights from Pyro's packed traces, with a trailing data
+    dim for a per-datapoint bound (Pyro's own sum keeps only the draws' plate)."""
+    symbols = guide_trace.plate_to_symbol
+    keep = [] if particles is None else [(symbols[_PARTICLE_PLATE], particles)]
+    if layout.plate is not None:
+        keep.append((symbols[layout.plate], layout.plate_size))
+    return _packed_sum(model_trace, keep) - _packed_sum(guide_trace, keep)
 
 
 def _batched_chunk(program: _Program, layout: _Layout, size: int) -> _Chunk:
-    def batched(fn: Callable) -> Callable:
-        def run(*args: Any, **kwargs: Any) -> Any:
-            with pyro.plate(_PARTICLE_PLATE, size, dim=-(layout.max_plate_nesting + 1)):
-                return fn(*args, **kwargs)
-
-        return run
-
-    model_trace, guide_trace = _trace_pair(
-        batched(program.model), batched(program.guide), program.args, program.kwargs
-    )
+    log_weights, model_trace, guide_trace = vectorized_importance_weights(
+        program.model, program.guide, *program.args, num_samples=size,
+        max_plate_nesting=layout.max_plate_nesting, **program.kwargs)
     values = {}
     for name, shape in layout.latent_shapes.items():
         if name not in model_trace.nodes:
@@ -225,13 +211,17 @@ def _batched_chunk(program: _Program, layout: _Layout, size: int) -> _Chunk:
         if value.numel() != size * shape.numel() or trailing != shape:
             raise _LayoutChanged(f"latent site {name!r} has batched shape {tuple(value.shape)}")
         values[name] = value.reshape((size,) + shape)
+    if layout.plate is None:
+        return log_weights.reshape(size), values
     return _log_weights(model_trace, guide_trace, layout, size), values
 
 
 def _sequential_chunk(program: _Program, layout: _Layout, size: int) -> _Chunk:
     weights, draws = [], []
     for _ in range(size):
-        model_trace, guide_trace = _trace_pair(*program)
+        model_trace, guide_trace = _trace_pair(program, layout.max_plate_nesting)
+        guide_trace.pack_tensors()
+        model_trace.pack_tensors(guide_trace.plate_to_symbol)
         weights.append(_log_weights(model_trace, guide_trace, layout, None))
         draws.append({n: s["value"] for n, s in _sample_sites(model_trace) if not s["is_observed"]})
     values = {}
