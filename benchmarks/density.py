@@ -111,7 +111,7 @@ def matched_width(make: Callable[[str, int], FlowModel], flow: str, target: int,
 
 
 def seconds_per_step(model: FlowModel, train: torch.Tensor, batch: int, repeats: int = 5) -> float:
-    """Wall time of one Adam step, after a first step (ActNorm initialization, allocations)."""
+    """Wall time of one Adam step, after a first step (allocations, Adam's state)."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     gen = torch.Generator().manual_seed(0)
 

@@ -39,7 +39,7 @@ def profile_workload(name: str, contender: str, steps: int, top: int, shapes: bo
     c = build(contender, w)
     data = make_data(w, 4)
     opt = adam(list(c.module.parameters()), LR)
-    for i in range(3):  # ActNorm initialization, Adam state, allocator
+    for i in range(3):  # Adam state, allocator
         train_step(c, opt, data[i % len(data)])
     t0 = time.perf_counter()
     for i in range(steps):
