@@ -1,35 +1,16 @@
 """Importance-weighted estimates of the log marginal likelihood.
 
-For a model :math:`p(x, z)` and a guide :math:`q(z)`, the importance-weighted
-(IWAE) bound with :math:`K` draws :math:`z_k \\sim q` is
+For a model :math:`p(x, z)` and a guide :math:`q(z)`, the IWAE bound with :math:`K` draws
+:math:`z_k \\sim q` is :math:`\\log \\frac{1}{K} \\sum_k p(x, z_k) / q(z_k) \\le \\log p(x)`: an
+ELBO for :math:`K = 1`, tighter as :math:`K` grows, exact when :math:`q` is the posterior (Burda
+et al. 2016). Any Pyro model/guide pair works; scales, masks and subsampling apply as in Pyro's
+ELBOs, and guide-only auxiliary sites count in the guide term.
 
-.. math::
-
-    \\mathcal{L}_K = \\log \\frac{1}{K} \\sum_{k=1}^{K} \\frac{p(x, z_k)}{q(z_k)}
-    \\le \\log p(x),
-
-an ELBO for :math:`K = 1` that tightens as :math:`K` grows and is exact for
-any :math:`K` when :math:`q` is the exact posterior (Burda et al. 2016).
-
-This works for any Pyro model/guide pair: the guide is traced, the model is
-replayed against it, and a draw's log-weight is the model's log joint minus
-the guide's log density, each summed over all its sample sites (observed
-sites belong to the model term; guide-only auxiliary sites, as in
-``AutoContinuous`` guides, to the guide term).  Scales and masks from
-:mod:`pyro.poutine` or subsampled plates apply as in Pyro's ELBOs.
-
-Built on Pyro's own tools: the draws are traced by
-:func:`pyro.infer.enum.get_importance_trace` and evaluated as a batch by
-:func:`pyro.infer.importance.vectorized_importance_weights`. What this module
-adds is what those lack: chunks of ``batch_size`` draws combined with a running
-logsumexp (bounded memory for the thousands of draws an IWAE bound wants),
-per-datapoint bounds for amortized guides (``per_datapoint_plate``, read off
-the packed traces Pyro returns), a fallback to one run per draw for models
-that cannot broadcast over the draws, and errors that name the problem
-(missing guide sites, non-finite weights). Everything runs under
-:func:`torch.no_grad`: this is an evaluation metric, not a training objective.
-
-Example::
+Built on Pyro's :func:`~pyro.infer.enum.get_importance_trace` and
+:func:`~pyro.infer.importance.vectorized_importance_weights`, adding what they lack: chunks of
+draws combined by a running logsumexp (bounded memory), per-datapoint bounds for amortized
+guides (``per_datapoint_plate``), one run per draw for models that cannot broadcast over the
+draws, and errors that name the problem. Everything runs under :func:`torch.no_grad`::
 
     >>> import torch, pyro, pyro.distributions as dist
     >>> from pyro_flows.infer.iwae import iwae_log_likelihood
