@@ -65,6 +65,7 @@ class PathGradientPosterior(dist.TransformedDistribution):
         self._drawn: torch.Tensor | None = None
 
     def expand(self, batch_shape, _instance=None) -> "PathGradientPosterior":
+        """The same posterior with batch shape ``batch_shape``."""
         # The base and the result share their event shape, so they share the batch shape.
         base = self.base_dist.expand(torch.Size(batch_shape))
         return PathGradientPosterior(base, self._loc, self._scale, self._flow)
