@@ -113,7 +113,9 @@ def test_two_ranks_match_one_process(tmp_path):
     print("1-process         :", history["train_loss"], history["val_loss"])
     assert ddp["steps"] == history["steps"] == [6, 12]
     for key in ("train_loss", "val_loss"):
-        assert ddp[key] == pytest.approx(history[key], abs=1e-7), key
+        # The epoch loss is summed in float32 on the device (no host sync per step) and across
+        # ranks in another order: a few float32 rounding steps of a loss near 5.
+        assert ddp[key] == pytest.approx(history[key], rel=1e-6, abs=0), key
     for key, value in single.state_dict().items():
         assert torch.allclose(value, ranks[0]["state"][key], rtol=0, atol=1e-7), key
 

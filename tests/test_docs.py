@@ -5,12 +5,14 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import json
 import pkgutil
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from sphinx.application import Sphinx
 from sphinx.util.inventory import InventoryFile
 
 import pyro_flows
@@ -52,23 +54,35 @@ def _resolve(path: str):
     return obj
 
 
+_BUILD = """
+import json, sys
+from sphinx.application import Sphinx
+src, out, listing = sys.argv[1:]
+app = Sphinx(src, src, out + "/html", out + "/doctrees", "dummy",
+             confoverrides={"plot_gallery": "0"}, status=None, warning=None, freshenv=True)
+app.build()
+objects = app.env.get_domain("py").objects
+json.dump([name for name, entry in objects.items()
+           if name.startswith("pyro_flows") and entry.objtype != "module"], open(listing, "w"))
+"""
+
+
 @pytest.fixture(scope="module")
 def documented(tmp_path_factory) -> dict[str, object]:
     """Every Python object the docs describe, from a build that does not run the tutorials.
 
-    The build runs on a copy of ``docs/``: sphinx-gallery writes its pages into the source
-    tree, and a test must not touch the checkout."""
+    The build runs on a copy of ``docs/`` (sphinx-gallery writes its pages into the source
+    tree, and a test must not touch the checkout) and in a subprocess: autodoc rewrites the
+    signatures of the functions it documents (``autodoc_preserve_defaults``), which must not
+    leak into the other tests."""
     out = tmp_path_factory.mktemp("docs")
     src = out / "docs"
     shutil.copytree(DOCS, src, ignore=shutil.ignore_patterns(
         "_build", "auto_tutorials", "sg_execution_times.rst", "__pycache__"))
     (out / "examples").symlink_to(ROOT / "examples")  # docs/examples.rst includes them
-    app = Sphinx(str(src), str(src), str(out / "html"), str(out / "doctrees"), "dummy",
-                 confoverrides={"plot_gallery": "0"}, status=None, warning=None, freshenv=True)
-    app.build()
-    objects = app.env.get_domain("py").objects
-    return {name: _resolve(name) for name, entry in objects.items()
-            if name.startswith("pyro_flows") and entry.objtype != "module"}
+    listing = out / "objects.json"
+    subprocess.run([sys.executable, "-c", _BUILD, str(src), str(out), str(listing)], check=True)
+    return {name: _resolve(name) for name in json.loads(listing.read_text())}
 
 
 def test_every_public_name_is_on_an_api_page(documented):
