@@ -38,7 +38,7 @@ def mean_nll(model: nn.Module, data: torch.Tensor | Examples, batch_size: int = 
         if len(idx):
             x = examples.batch(idx, like)
             with autocast(precision, x.device):
-                log_prob = model.log_prob(x).float()
+                log_prob = model.log_prob(x)
             if log_prob.shape != x.shape[:1]:
                 raise ValueError(f"model.log_prob must return one value per example, shape "
                                  f"({len(x)},), got {tuple(log_prob.shape)}")

@@ -49,7 +49,7 @@ class Objective(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with autocast(self.precision, x.device):
-            losses = self.loss(self.model, x).float()
+            losses = self.loss(self.model, x)
         if losses.shape != x.shape[:1]:
             raise ValueError(f"the loss must give one value per example, shape ({len(x)},), "
                              f"got {tuple(losses.shape)}; does model.log_prob sum over the "

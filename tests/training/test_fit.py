@@ -12,37 +12,7 @@ from torch import nn
 import pyro_flows
 from pyro_flows import fit
 
-
-class Sabotaged(nn.Module):
-    """A RealNVP density whose training calls give a non-finite loss (or gradient) when
-    ``bad_calls(call)``."""
-
-    def __init__(self, bad_calls, kind: str = "loss") -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.flow = pyro_flows.FlowModel.build("realnvp", (2,), num_layers=2, hidden_dims=[8])
-        self.bad_calls, self.kind, self.calls = bad_calls, kind, 0
-
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        lp = self.flow.log_prob(x)
-        if not torch.is_grad_enabled():
-            return lp
-        self.calls += 1
-        if not self.bad_calls(self.calls):
-            return lp
-        if self.kind == "loss":
-            return lp * math.nan
-        # A finite value with a NaN gradient: d sqrt(u)/du at u = 0 is infinite, times 0.
-        return lp + torch.sqrt(next(self.parameters()).sum() * 0)
-
-
-class Quadratic(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.theta = nn.Parameter(torch.zeros(1))
-
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        return -0.5 * ((x - self.theta) ** 2).sum(-1)
+from helpers import Quadratic, Sabotaged
 
 
 def toy(n: int) -> torch.Tensor:
@@ -121,3 +91,13 @@ def test_fit_takes_the_users_optimizer_and_loss():
     assert used and set(used) == {8} and history.steps[-1] == 20
     assert model.theta.item() == pytest.approx(3.0, abs=1e-3)
     assert sgd.state_dict()["param_groups"][0]["lr"] == 0.5
+
+
+def test_a_float64_model_keeps_float64_losses():
+    """The loss is never cast down: 1 + 1e-12 survives in float64 and not in float32."""
+    model = Quadratic().double()
+    loss = lambda m, x: 1 + 1e-12 + 0 * m.log_prob(x)
+    history = fit(model, torch.ones(8, 1, dtype=torch.float64), epochs=1, batch_size=8,
+                  warmup_steps=0, loss=loss, progress=False)
+    assert history.train_loss[0] == pytest.approx(1 + 1e-12, rel=1e-15, abs=0)
+    assert history.train_loss[0] != 1.0
