@@ -29,8 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .toys import (TOYS, _count, checkerboard, circles, eight_gaussians, pinwheel, spirals, toy,
-                   two_moons)
+# The toys are used here (TOYS, toy, _count) and re-exported: pyro_flows.data.two_moons etc.
+from .toys import (TOYS, _count, checkerboard, circles, eight_gaussians,  # noqa: F401
+                   pinwheel, spirals, toy, two_moons)
 
 # The toy densities (pyro_flows.toys) are reachable here too, as pyro_flows.data.two_moons etc.
 __all__ = [

@@ -30,12 +30,7 @@ class Encoder(nn.Module):
         return (loc, scale, h[..., : self.context]) if self.context else (loc, scale)
 
 
-@pytest.fixture(autouse=True)
-def fresh_state():
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    yield
-    pyro.clear_param_store()
+pytestmark = pytest.mark.usefixtures("fresh_pyro")
 
 
 def vae(posterior):

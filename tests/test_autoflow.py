@@ -42,12 +42,7 @@ def model():
         pyro.sample("x", dist.Normal(mu, 1.0), obs=DATA)
 
 
-@pytest.fixture(autouse=True)
-def fresh_state():
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    yield
-    pyro.clear_param_store()
+pytestmark = pytest.mark.usefixtures("fresh_pyro")
 
 
 def flow_params(guide):

@@ -15,12 +15,7 @@ def standard_normal():
     pyro.sample("z", dist.Normal(torch.zeros(3), 1.0).to_event(1))
 
 
-@pytest.fixture(autouse=True)
-def fresh_state():
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    yield
-    pyro.clear_param_store()
+pytestmark = pytest.mark.usefixtures("fresh_pyro")
 
 
 def one_draw_gradient(path_gradient: bool):

@@ -17,11 +17,8 @@ from pyro_flows.infer import AmortizedFlow, AutoFlow
 FLOWS = ("nice", "realnvp", "glow")
 
 
-@pytest.fixture(autouse=True)
-def fresh_state():
-    pyro.clear_param_store()
-    yield
-    pyro.clear_param_store()
+# Each test seeds Pyro itself, per seed it sweeps.
+pytestmark = pytest.mark.usefixtures("fresh_pyro")
 
 
 def hierarchical_data(seed: int, groups: int = 40) -> torch.Tensor:

@@ -19,6 +19,8 @@ from pyro_flows import FlowModel
 import pyro_flows
 from pyro_flows.train import CHECKPOINT_NAME, History, fit
 
+from helpers import Quadratic, Sabotaged
+
 
 class Density(nn.Module):
     """A standard Normal pushed through a pyro-flows transform, as a user would write it."""
@@ -45,39 +47,6 @@ class NoisyDensity(Density):
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         jitter = 1e-2 * torch.rand_like(x) + 1e-3 * float(np.random.rand()) + 1e-3 * random.random()
         return super().log_prob(x + jitter)
-
-
-class Sabotaged(Density):
-    """Gives a non-finite loss (or gradient) on chosen training calls."""
-
-    def __init__(self, bad_calls, kind: str = "loss") -> None:
-        super().__init__(pyro_flows.build("realnvp", event_shape=(2,), num_layers=2,
-                                          hidden_dims=[8]), (2,))
-        self.bad_calls, self.kind, self.calls = bad_calls, kind, 0
-
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        lp = super().log_prob(x)
-        if not torch.is_grad_enabled():
-            return lp
-        self.calls += 1
-        if not self.bad_calls(self.calls):
-            return lp
-        if self.kind == "loss":
-            return lp * math.nan
-        # A finite value with a NaN gradient: d sqrt(u)/du at u = 0 is infinite, times 0.
-        p = next(self.parameters())
-        return lp + torch.sqrt(p.sum() * 0)
-
-
-class Quadratic(nn.Module):
-    """log p(x) = -(x - theta)^2 / 2 summed: training pulls theta to the data mean."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.theta = nn.Parameter(torch.zeros(1))
-
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        return -0.5 * ((x - self.theta) ** 2).sum(-1)
 
 
 class Unreduced(Quadratic):

@@ -7,24 +7,16 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 import pyro_flows
 from pyro_flows.training import (Checkpointer, NonFiniteGuard, NonFiniteTraining, Objective,
                                  TrainingInterrupted, fit, mean_nll, train_step)
 
-
-class Quadratic(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.theta = nn.Parameter(torch.zeros(2))
-
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        return -0.5 * ((x - self.theta) ** 2).sum(-1)
+from helpers import Quadratic
 
 
 def test_train_step_gives_gradients_and_leaves_the_optimizer_alone():
-    model = Quadratic()
+    model = Quadratic(2)
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     x = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
     result = train_step(Objective(model), x, optimizer, list(model.parameters()))
@@ -40,7 +32,7 @@ def test_train_step_gives_gradients_and_leaves_the_optimizer_alone():
 
 def test_objective_names_a_loss_of_the_wrong_shape():
     with pytest.raises(ValueError, match=r"one value per example, shape \(3,\), got \(3, 2\)"):
-        Objective(Quadratic(), loss=lambda m, x: (x - m.theta) ** 2)(torch.zeros(3, 2))
+        Objective(Quadratic(2), loss=lambda m, x: (x - m.theta) ** 2)(torch.zeros(3, 2))
 
 
 def test_guard_counts_and_gives_up_with_advice():
@@ -80,7 +72,7 @@ def test_mean_nll_matches_log_prob_and_takes_datasets():
     with torch.no_grad():
         assert nll == pytest.approx(-model.log_prob(x).mean().item(), rel=1e-5)
     assert bpd == pytest.approx(nll / (2 * math.log(2)))
-    assert mean_nll(Quadratic(), torch.utils.data.TensorDataset(x))[1] is None
+    assert mean_nll(Quadratic(2), torch.utils.data.TensorDataset(x))[1] is None
 
 
 def test_an_interrupt_mid_epoch_resumes_exactly(tmp_path):
