@@ -27,7 +27,7 @@ from pyro.infer.reparam import NeuTraReparam
 from torch.distributions import biject_to
 
 from pyro_flows.infer.autoflow import AutoFlow, build_guide_flow
-from pyro_flows.transforms import ActNorm
+from pyro_flows.transforms import ActNorm, InvertibleLinear
 
 DATA = torch.tensor([0.5, 1.0, 2.0])
 SMALL = dict(num_layers=2, hidden_dims=(16, 16))
@@ -224,7 +224,7 @@ def test_reload_through_param_store_and_state_dict():
 
 
 def test_glow_guide_never_initializes_actnorm_from_its_draws():
-    guide = AutoFlow(model, flow="glow", **SMALL)
+    guide = AutoFlow(model, flow="glow", actnorm=True, **SMALL)  # kept only on request
     guide()
     actnorms = [m for m in guide.modules() if isinstance(m, ActNorm)]
     assert len(actnorms) == 2
@@ -234,6 +234,28 @@ def test_glow_guide_never_initializes_actnorm_from_its_draws():
     for m in actnorms:
         assert torch.equal(m.loc, torch.zeros_like(m.loc))
         assert torch.equal(m.log_scale, torch.zeros_like(m.log_scale))
+
+
+def test_glow_guide_has_one_scale_per_coordinate_the_gaussians():
+    # ActNorms and a free LU diagonal were extra scales per layer that compounded into tails
+    # past float range at lr 0.05 (tests/test_stability.py).
+    guide = AutoFlow(model, flow="glow", **SMALL)
+    guide()
+    assert not any(isinstance(m, ActNorm) for m in guide.modules())
+    linears = [m for m in guide.modules() if isinstance(m, InvertibleLinear)]
+    assert len(linears) == 2
+    names = {n for n, _ in guide.named_parameters()}
+    assert not any(n.endswith("log_diag") for n in names)
+    optim = torch.optim.Adam(guide.parameters(), lr=0.05)
+    for _ in range(5):
+        optim.zero_grad()
+        Trace_ELBO().differentiable_loss(model, guide).backward()
+        optim.step()
+    x = torch.randn(3, 4)
+    for m in linears:
+        y, ladj = m.call_and_ladj(x)
+        assert torch.allclose(ladj, torch.zeros(3), atol=1e-6)
+        assert abs(torch.linalg.slogdet(torch.func.jacrev(lambda v: m(v))(x[0]))[1]) < 1e-5
 
 
 def test_to_float64_and_meta_move_everything():

@@ -100,19 +100,13 @@ def test_hierarchical_issue_repro_lr_005(flow):
     assert first_failure(hierarchical, AutoFlow(hierarchical, flow), y, 0.05, 40, 0) is None
 
 
-GLOW_TAILS = pytest.mark.xfail(
-    strict=False, reason="known: glow's guide at lr 0.05 draws a rare log-scale past float "
-    "range after 200-260 steps (eight schools seed 1, funnel seed 2): the unbounded scales of "
-    "its ActNorm and LU diagonal, not its steps")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("flow", FLOWS)
 @pytest.mark.parametrize("lr", [0.01, 0.05])
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_autoflow_as_stable_as_gaussian_guides(name, lr, flow, request):
-    if (name, lr, flow) in (("eight_schools", 0.05, "glow"), ("funnel", 0.05, "glow")):
-        request.applymarker(GLOW_TAILS)
+def test_autoflow_as_stable_as_gaussian_guides(name, lr, flow):
+    # glow at lr 0.05 failed here (funnel seed 2, step 223; eight schools seed 1) while its guide
+    # kept ActNorms and a free LU diagonal: extra per-layer scales that compound into the tails.
     model, make_data = MODELS[name]
     for seed in range(3):
         data = make_data(seed)

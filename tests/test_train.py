@@ -171,9 +171,10 @@ def test_early_stopping_restores_best():
     # Training pulls theta from 0 towards 5; the validation data sit at 2, so the validation
     # loss falls, then rises once theta passes 2.
     model, seen = Quadratic(), []
+    # The raw weights (ema_decay=None): the callback reads them, and EMA runs have their own test.
     history = fit(model, torch.full((40, 1), 5.0), epochs=50, batch_size=8, lr=0.1,
                   warmup_steps=0, val_data=torch.full((10, 1), 2.0), patience=2, progress=False,
-                  callback=lambda epoch, h: seen.append(model.theta.item()))
+                  ema_decay=None, callback=lambda epoch, h: seen.append(model.theta.item()))
     best = history.best_epoch
     assert history.stopped_early and 0 < best < len(seen) - 1
     assert len(history.val_loss) == best + 3 and history.val_loss[-1] > history.val_loss[best]

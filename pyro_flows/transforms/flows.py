@@ -24,9 +24,12 @@ __all__ = ["conditional_nice", "conditional_realnvp", "conditional_vector_flow",
 
 
 def _parts(kind: str, input_dim: int, num_layers: int, hidden_dims, context_dim: int,
-           **coupling_kwargs) -> list:
+           actnorm: bool = True, volume_preserving: bool = False, **coupling_kwargs) -> list:
     if kind not in FLOW_KINDS:
         raise ValueError(f"flow must be one of {FLOW_KINDS}, got {kind!r}")
+    if kind != "glow" and (not actnorm or volume_preserving):
+        raise TypeError(f"actnorm= and volume_preserving= shape Glow's steps; flow {kind!r} "
+                        f"has no ActNorm or invertible linear layer")
     if num_layers < 1:
         raise ValueError(f"num_layers must be at least 1, got {num_layers}")
     d = input_dim
@@ -37,7 +40,9 @@ def _parts(kind: str, input_dim: int, num_layers: int, hidden_dims, context_dim:
     for i in range(num_layers):
         parts.append(make(bool(i % 2)))
         if kind == "glow":
-            parts += [InvertibleLinear(d), ActNorm(d)]
+            parts.append(InvertibleLinear(d, volume_preserving=volume_preserving))
+            if actnorm:
+                parts.append(ActNorm(d))
         elif i % 2 and i < num_layers - 1 and d > 2:
             # Alternating halves alone never mix features within a half; a fixed shuffle does.
             parts.append(Permutation(d, seed=i))
@@ -55,6 +60,9 @@ def vector_flow(kind: str, input_dim: int, num_layers: int = 4, hidden_dims=None
     :param hidden_dims: MLP widths of each coupling.
     :param memory_efficient: keep no intermediate activations for backprop (rebuilt by
         inversion, see :class:`~pyro_flows.transforms.Chain`).
+    :param coupling_kwargs: keyword arguments of the couplings (e.g. ``scale_bound``); for
+        ``"glow"`` also ``actnorm=False`` (leave the ActNorms out) and ``volume_preserving=True``
+        (invertible linear layers of determinant +-1), as guide flows are built.
     """
     input_dim = as_event_shape(input_dim, ranks=(1,))[0]
     parts = _parts(kind, input_dim, num_layers, hidden_dims, 0, **coupling_kwargs)

@@ -2,7 +2,10 @@
 
 Both hold a ``C x C`` matrix ``W``, either as a plain parameter (log-det by ``slogdet``, O(C^3))
 or LU-parameterized as in Glow, ``W = P L (U + diag(sign * exp(log_diag)))`` with ``P`` and
-``diag_sign`` fixed buffers, so the log-det is ``sum(log_diag)``: O(C), times ``H * W`` for images.
+``diag_sign`` fixed buffers, so the log-det is ``sum(log_diag)``: O(C), times ``H * W`` for images. With
+``volume_preserving=True`` the log-diagonal is a fixed buffer and ``|det W| = 1``: the matrix
+shears and rotates but never scales, which is what a guide flow wants (its Gaussian already
+carries the scale, and a second, free scale per layer multiplies into heavy tails).
 
 The off-diagonal LU factors are stored multiplied by ``C`` (``L = I + lower / C``): Adam moves
 every stored entry by about the learning rate in one step, and ``C`` entries of a row moving
@@ -27,10 +30,13 @@ class _InvertibleMatrix(Bijector):
 
     rank: int  # 1 for vectors, 3 for images
 
-    def __init__(self, event_shape, lu: bool = True) -> None:
+    def __init__(self, event_shape, lu: bool = True, volume_preserving: bool = False) -> None:
         self.event_shape = as_event_shape(event_shape, ranks=(self.rank,))
         super().__init__(event_dim=len(self.event_shape))
+        if volume_preserving and not lu:
+            raise ValueError("volume_preserving=True needs the LU parameterization (lu=True)")
         self.lu = lu
+        self.volume_preserving = volume_preserving
         c = self.event_shape[0]
         # A random rotation: invertible, log-det 0, and mixes every coordinate from the start.
         q = torch.linalg.qr(torch.randn(c, c, dtype=torch.float64))[0]
@@ -41,7 +47,11 @@ class _InvertibleMatrix(Bijector):
             self.register_buffer("diag_sign", torch.sign(diag).to(torch.get_default_dtype()))
             self.lower = nn.Parameter((torch.tril(lower, -1) * c).to(torch.get_default_dtype()))
             self.upper = nn.Parameter((torch.triu(upper, 1) * c).to(torch.get_default_dtype()))
-            self.log_diag = nn.Parameter(diag.abs().log().to(torch.get_default_dtype()))
+            log_diag = diag.abs().log().to(torch.get_default_dtype())
+            if volume_preserving:  # a rotation's |diag U| multiply to 1: log-det 0 for good
+                self.register_buffer("log_diag", log_diag)
+            else:
+                self.log_diag = nn.Parameter(log_diag)
         else:
             self.weight = nn.Parameter(q.to(torch.get_default_dtype()))
 
@@ -122,11 +132,13 @@ class InvertibleConv1x1(_InvertibleMatrix):
         return (w @ x.flatten(-2)).unflatten(-1, x.shape[-2:])
 
 
-def invertible_linear(input_dim: int, lu: bool = True) -> InvertibleLinear:
+def invertible_linear(input_dim: int, lu: bool = True,
+                      volume_preserving: bool = False) -> InvertibleLinear:
     """Factory for :class:`InvertibleLinear` (Pyro style): ``input_dim`` is ``D``."""
-    return InvertibleLinear(input_dim, lu=lu)
+    return InvertibleLinear(input_dim, lu=lu, volume_preserving=volume_preserving)
 
 
-def invertible_conv1x1(input_dim: tuple[int, int, int], lu: bool = True) -> InvertibleConv1x1:
+def invertible_conv1x1(input_dim: tuple[int, int, int], lu: bool = True,
+                       volume_preserving: bool = False) -> InvertibleConv1x1:
     """Factory for :class:`InvertibleConv1x1` (Pyro style): ``input_dim`` is ``(C, H, W)``."""
-    return InvertibleConv1x1(input_dim, lu=lu)
+    return InvertibleConv1x1(input_dim, lu=lu, volume_preserving=volume_preserving)

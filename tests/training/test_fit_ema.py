@@ -3,6 +3,7 @@ kept in the checkpoint so that a resumed run is the uninterrupted one."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import pyro_flows
@@ -76,3 +77,17 @@ def test_ema_alone_averages_towards_the_weights():
     for _ in range(30):
         ema.update(net)
     assert torch.allclose(ema.shadow["weight"], net.weight, atol=1e-6)
+
+
+def test_early_stopping_returns_the_best_averaged_weights():
+    # The default fit averages (ema_decay=0.999): early stopping must restore the average that
+    # scored best, not the raw iterate of that epoch.
+    from helpers import Quadratic
+    model = Quadratic()
+    val = torch.full((10, 1), 2.0)
+    history = fit(model, torch.full((40, 1), 5.0), epochs=60, batch_size=8, lr=0.1,
+                  warmup_steps=0, val_data=val, patience=2, progress=False)
+    best = history.best_epoch
+    assert history.stopped_early and best is not None and best < len(history.val_loss) - 1
+    with torch.no_grad():
+        assert -model.log_prob(val).mean().item() == pytest.approx(history.val_loss[best], rel=1e-6)

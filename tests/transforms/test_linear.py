@@ -85,3 +85,26 @@ def test_a_checkpoint_loaded_with_assign_is_used_at_once():
         t(x)
         t.load_state_dict({"weight": 2 * torch.eye(3, dtype=F64)}, assign=True)
         assert torch.allclose(t(x.clone()), 2 * x)
+
+
+@pytest.mark.parametrize("cls, shape", [(InvertibleLinear, (5,)), (InvertibleConv1x1, (4, 3, 2))])
+def test_volume_preserving_layer_keeps_log_det_zero_and_still_learns(cls, shape):
+    t = cls(shape, volume_preserving=True)
+    assert "log_diag" not in dict(t.named_parameters()) and "log_diag" in dict(t.named_buffers())
+    x = torch.randn(6, *shape)
+    with torch.no_grad():
+        before = t(x)
+    optim = torch.optim.SGD(t.parameters(), lr=0.05)
+    for _ in range(3):  # a loss that wants a bigger volume cannot get it
+        optim.zero_grad()
+        (-(t(x) ** 2).sum()).backward()
+        optim.step()
+    y, ladj = t.call_and_ladj(x)
+    assert torch.allclose(ladj, torch.zeros(6), atol=1e-5)
+    assert not torch.allclose(y, before, atol=1e-3)  # it did learn
+    assert torch.allclose(t.inv(y), x, atol=1e-4, rtol=1e-4)
+
+
+def test_volume_preserving_needs_lu():
+    with pytest.raises(ValueError, match="lu=True"):
+        InvertibleLinear(3, lu=False, volume_preserving=True)
