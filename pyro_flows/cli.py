@@ -123,9 +123,9 @@ def _barrier() -> None:
         dist.barrier()
 
 
-# The variational dequantizer is a dense conditional flow over the whole datum (hidden width 64):
-# at the same steps it gained 0.13 bits/dim on digits (64 values) and lost 0.12 on
-# Fashion-MNIST (784) against uniform noise (benchmarks/RESULTS.md).
+# The variational dequantizer is a dense conditional flow over the whole datum, so its size grows
+# with the square of it: +10% parameters on digits (64 values), where it gained 0.13 bits/dim,
+# but +60% on Fashion-MNIST (784), where it gained nothing clear (benchmarks/RESULTS.md).
 AUTO_VARIATIONAL_MAX = 256
 
 
@@ -335,7 +335,7 @@ def _parser() -> argparse.ArgumentParser:
                    default="auto", help="dequantization of discrete data (variational: a learned "
                    "noise distribution, Flow++; the bound is still on the discrete data). auto: "
                    f"variational for data of at most {AUTO_VARIATIONAL_MAX} values (digits), "
-                   "uniform above (Fashion-MNIST), which fit best there")
+                   "uniform above (Fashion-MNIST), as measured in benchmarks/RESULTS.md")
     f.add_argument("--ema", type=_number(float, -5e-324, "in [0, 1)", below=1.0), default=0.999,
                    help="decay of the weight average used for validation, test and samples "
                    "(0: no averaging)")

@@ -132,8 +132,10 @@ def build_guide_flow(name: str, dim: int, context_dim: int = 0, like: torch.Tens
 
     Builds ``name`` (``"conditional_" + kind`` when ``context_dim > 0``) from the fixed seed
     ``FLOW_SEED`` without touching the global RNG, on ``like``'s dtype and device, and precedes
-    it with the inverse of its initial mixing. Its ActNorms stay the identity they are built
-    as: a guide never initializes from its own draws.
+    it with the inverse of its initial mixing. A Glow is built without ActNorms and with
+    volume-preserving LU mixing (``actnorm=False, volume_preserving=True``; pass them to
+    override): the Gaussian is the guide's one free scale per coordinate. ActNorms asked for
+    stay the identity they are built as: a guide never initializes from its own draws.
 
     :param name: a registered flow name, e.g. ``"realnvp"`` or ``"conditional_glow"``.
     :param dim: the size of the vectors the flow acts on.
