@@ -39,9 +39,9 @@ from .checkpoint import atomic_write, save_json, save_torch, strict_json
 from .model import FlowModel
 from .precision import PRECISIONS
 from .registry import available
-from .rundir import (CHECKPOINT, DEQUANTIZER, LOGIT_ALPHA, METRICS, WEIGHTS, RunDirectory,
-                     build_model, check_data_source, data_source, evaluate, load_run,
-                     normalized, read_config)
+from .rundir import (AUTO_VARIATIONAL_MAX, CHECKPOINT, DEQUANTIZER, LOGIT_ALPHA, METRICS,
+                     WEIGHTS, RunDirectory, build_model, check_data_source, data_source,
+                     dequantization, evaluate, load_run, normalized, read_config)
 from .training import NonFiniteTraining, TrainingInterrupted, fit
 
 __all__ = ["evaluate", "load_run", "main"]
@@ -123,18 +123,6 @@ def _barrier() -> None:
         dist.barrier()
 
 
-# The variational dequantizer is a dense conditional flow over the whole datum, so its size grows
-# with the square of it: +10% parameters on digits (64 values), where it gained 0.13 bits/dim,
-# but +60% on Fashion-MNIST (784), where it gained nothing clear (benchmarks/RESULTS.md).
-AUTO_VARIATIONAL_MAX = 256
-
-
-def _dequantization(choice: str, event_shape) -> str:
-    if choice != "auto":
-        return choice
-    return "variational" if math.prod(event_shape) <= AUTO_VARIATIONAL_MAX else "uniform"
-
-
 def _fit(args: argparse.Namespace) -> dict:
     _check_device(args.device)
     rank, args.device = _join_process_group(args.device)
@@ -148,7 +136,7 @@ def _fit(args: argparse.Namespace) -> dict:
     config = normalized({
         **data_source(args.data), "n_bits": args.n_bits, "seed": args.seed, "flow": args.flow,
         "event_shape": list(dataset.event_shape), "levels": dataset.levels,
-        "dequantization": _dequantization(args.dequantization, dataset.event_shape),
+        "dequantization": dequantization(args.dequantization, dataset.event_shape),
         "flow_kwargs": _flow_kwargs(args, image),
         "logit_alpha": LOGIT_ALPHA, "dequantizer": DEQUANTIZER,
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,

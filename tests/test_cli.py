@@ -328,7 +328,7 @@ def test_fit_records_the_preprocessing_and_weight_averaging(tmp_path):
 def test_auto_dequantization_is_variational_on_small_data_only():
     # Measured: the dense variational dequantizer helps on digits (64 values) and hurts on
     # Fashion-MNIST (784); "auto" is resolved before the config records it.
-    from pyro_flows.cli import _dequantization
+    from pyro_flows.rundir import dequantization as _dequantization
     assert _dequantization("auto", (1, 8, 8)) == "variational"
     assert _dequantization("auto", (1, 28, 28)) == "uniform"
     assert _dequantization("variational", (1, 28, 28)) == "variational"

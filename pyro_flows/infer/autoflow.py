@@ -157,11 +157,9 @@ def build_guide_flow(name: str, dim: int, context_dim: int = 0, like: torch.Tens
     if context_dim:
         kwargs["context_dim"] = context_dim
     if name in ("glow", "conditional_glow"):
-        # The Gaussian is the guide's one free scale per coordinate. Glow's ActNorms (never
-        # initialized in a guide) and the LU diagonal would add two more per layer; Adam moves
-        # each by ~lr a step, their product compounds, and at lr 0.05 the draws' tails ran
-        # past float range (funnel, eight schools, hierarchical model). Without them the
-        # layers mix and shear, and only the couplings' bounded log-scales reshape the volume.
+        # ActNorms and a free LU diagonal would be two more scales per layer beside the
+        # Gaussian's: Adam moves each ~lr a step, and their product sent the draws' tails past
+        # float range at lr 0.05 (funnel, eight schools, hierarchical model).
         kwargs.setdefault("actnorm", False)
         kwargs.setdefault("volume_preserving", True)
     with torch.random.fork_rng(devices=[]):
@@ -260,9 +258,8 @@ class AutoFlow(AutoContinuous):
     :param path_gradient: train on the path derivative of the ELBO alone ("sticking the
         landing", :mod:`pyro_flows.infer.path_gradient`): unbiased for ELBOs, and it lets the
         guide's spread settle at the posterior's instead of jittering below it. Default: on,
-        except for ``"glow"``, which was less stable with it at lr 0.05 (benchmarks/RESULTS.md).
-        Pass ``False`` for importance-weighted objectives (``RenyiELBO``,
-        ``TraceTailAdaptive_ELBO``).
+        except for ``"glow"``, which was less stable with it at lr 0.05. Pass ``False`` for
+        importance-weighted objectives (``RenyiELBO``, ``TraceTailAdaptive_ELBO``).
     :param flow_kwargs: further keyword arguments of the flow's couplings (e.g. ``scale_bound``).
 
     >>> import torch, pyro, pyro.distributions as dist
@@ -302,9 +299,8 @@ class AutoFlow(AutoContinuous):
                              "are its own draws); do not pass data_init")
         _check_flow_kwargs(flow, self._flow_kwargs)
         self._init_scale = float(init_scale)
-        # Measured at lr 0.05 over 1000 steps (funnel, eight schools, hierarchical model,
-        # logistic regression, 3 seeds each): glow's guide with the path derivative went
-        # non-finite on 3 runs of 12 (steps 601-946), with the full gradient on none.
+        # lr 0.05, 1000 steps, 4 models x 3 seeds: glow's guide with the path derivative went
+        # non-finite on 3 runs of 12, with the full gradient on none (benchmarks/RESULTS.md).
         self._path_gradient = flow != "glow" if path_gradient is None else bool(path_gradient)
         super().__init__(model, init_loc_fn=init_loc_fn)
         # AutoContinuous takes no create_plates, but its forward() creates its plates with it.
