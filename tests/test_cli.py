@@ -326,13 +326,14 @@ def test_fit_records_the_preprocessing_and_weight_averaging(tmp_path):
 
 
 def test_auto_dequantization_is_variational_on_small_data_only():
-    # Measured: the dense variational dequantizer helps on digits (64 values) and hurts on
-    # Fashion-MNIST (784); "auto" is resolved before the config records it.
-    from pyro_flows.rundir import dequantization as _dequantization
-    assert _dequantization("auto", (1, 8, 8)) == "variational"
-    assert _dequantization("auto", (1, 28, 28)) == "uniform"
-    assert _dequantization("variational", (1, 28, 28)) == "variational"
-    assert _dequantization("uniform", (1, 8, 8)) == "uniform"
+    # Measured: the dense variational dequantizer helps on digits (64 values) and gives no
+    # clear gain on Fashion-MNIST (784) for 60% more parameters; "auto" is resolved before the
+    # config records it.
+    from pyro_flows.rundir import dequantization
+    assert dequantization("auto", (1, 8, 8)) == "variational"
+    assert dequantization("auto", (1, 28, 28)) == "uniform"
+    assert dequantization("variational", (1, 28, 28)) == "variational"
+    assert dequantization("uniform", (1, 8, 8)) == "uniform"
 
 
 def test_a_run_written_before_the_new_defaults_still_loads(tmp_path):

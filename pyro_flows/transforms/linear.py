@@ -2,10 +2,10 @@
 
 Both hold a ``C x C`` matrix ``W``, either as a plain parameter (log-det by ``slogdet``, O(C^3))
 or LU-parameterized as in Glow, ``W = P L (U + diag(sign * exp(log_diag)))`` with ``P`` and
-``diag_sign`` fixed buffers, so the log-det is ``sum(log_diag)``: O(C), times ``H * W`` for images. With
-``volume_preserving=True`` the log-diagonal is a fixed buffer and ``|det W| = 1``: the matrix
-shears and rotates but never scales, which is what a guide flow wants (its Gaussian already
-carries the scale, and a second, free scale per layer multiplies into heavy tails).
+``diag_sign`` fixed buffers, so the log-det is ``sum(log_diag)``: O(C), times ``H * W`` for images.
+With ``volume_preserving=True`` the log-diagonal is a fixed buffer and ``|det W| = 1``: the
+matrix shears and rotates but never scales, which is what a guide flow wants (its Gaussian
+already carries the scale, and a second, free scale per layer multiplies into heavy tails).
 
 The off-diagonal LU factors are stored multiplied by ``C`` (``L = I + lower / C``): Adam moves
 every stored entry by about the learning rate in one step, and ``C`` entries of a row moving
@@ -36,7 +36,6 @@ class _InvertibleMatrix(Bijector):
         if volume_preserving and not lu:
             raise ValueError("volume_preserving=True needs the LU parameterization (lu=True)")
         self.lu = lu
-        self.volume_preserving = volume_preserving
         c = self.event_shape[0]
         # A random rotation: invertible, log-det 0, and mixes every coordinate from the start.
         q = torch.linalg.qr(torch.randn(c, c, dtype=torch.float64))[0]
