@@ -175,9 +175,11 @@ def _fit(args: argparse.Namespace) -> dict:
         if rank == 0 and not args.resume and str(error).startswith("no step"):
             shutil.rmtree(run.partial)  # an untrained run: nothing worth resuming
         raise ValueError(_divergence_advice(error, args, dataset)) from None
-    if rank != 0:  # every rank holds the same weights; rank 0 reports
-        return {}
-    return _finish(model, history, dataset, args, run, time.time() - start)
+    # Every rank holds the same weights; rank 0 reports. No rank leaves (and tears its gloo
+    # connections down) before rank 0 has published: an early exit aborted rank 1 at shutdown.
+    report = _finish(model, history, dataset, args, run, time.time() - start) if rank == 0 else {}
+    _barrier()
+    return report
 
 
 def _divergence_advice(error: NonFiniteTraining, args: argparse.Namespace,
