@@ -7,11 +7,12 @@ import warnings
 import torch
 from pyro.nn import ConditionalDenseNN, DenseNN
 from torch import nn
+from torch.nn import functional as F
 
 from .precision import full_precision
 
-__all__ = ["ConvNet", "Float32InputLinear", "channels_last", "dense_net", "soft_clamp",
-           "zero_last_layer"]
+__all__ = ["ConvNet", "Float32InputLinear", "SplitBFloat16Conv2d", "channels_last", "dense_net",
+           "soft_clamp", "zero_last_layer"]
 
 
 def soft_clamp(raw: torch.Tensor, bound: float) -> torch.Tensor:
@@ -76,6 +77,46 @@ def dense_net(
     return zero_last_layer(net)
 
 
+class SplitBFloat16Conv2d(nn.Conv2d):
+    """A ``Conv2d`` for the layer that reads the data: under bfloat16 autocast it runs in
+    bfloat16 on two-term splits, ``x = x_hi + x_lo`` and ``W = W_hi + W_lo`` with each term in
+    bfloat16. Being linear, the layer is ``W_hi x_hi + W_hi x_lo + W_lo x_hi`` (the dropped
+    ``W_lo x_lo`` is below float32's resolution of the sum): one convolution over three times
+    the channels. Inputs and weights keep about 16 significant bits instead of bfloat16's 8
+    (:class:`Float32InputLinear` says why 8 are too few for the data); the output is rounded to
+    bfloat16 like every hidden activation. Computed in float32 instead, this few-channel
+    convolution, its wide float32 output and their backward took about a third of a
+    bf16-mixed Glow training step on a CPU. Without autocast, or under float16 (whose range is
+    too narrow for raw data), it is a float32 ``Conv2d``.
+
+    >>> from pyro_flows.precision import autocast
+    >>> conv = SplitBFloat16Conv2d(2, 3, 3, padding=1)
+    >>> x = torch.randn(1, 2, 4, 4)
+    >>> with autocast("bf16-mixed"):
+    ...     y = conv(x)
+    >>> y.dtype, bool(((y.float() - conv(x)).abs() <= 2**-8 * conv(x).abs() + 1e-3).all())
+    (torch.bfloat16, True)
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        device = x.device.type
+        if (x.dtype != torch.float32 or device not in ("cpu", "cuda")
+                or not torch.is_autocast_enabled(device)
+                or torch.get_autocast_dtype(device) != torch.bfloat16):
+            with full_precision(x):
+                return super().forward(x)
+        x_hi, x_lo = _two_bfloat16_terms(x)
+        w_hi, w_lo = _two_bfloat16_terms(self.weight)
+        return F.conv2d(torch.cat([x_hi, x_lo, x_hi], dim=-3), torch.cat([w_hi, w_hi, w_lo], dim=1),
+                        self.bias, self.stride, self.padding, self.dilation)
+
+
+def _two_bfloat16_terms(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(hi, lo)`` in bfloat16 with ``hi + lo = x`` to about 16 significant bits."""
+    hi = x.to(torch.bfloat16)
+    return hi, (x - hi.to(x.dtype)).to(torch.bfloat16)
+
+
 def channels_last(x: torch.Tensor) -> torch.Tensor:
     """``x`` (``N, C, H, W``) laid out channels-last, the layout oneDNN's and cuDNN's fastest
     convolutions work in; a no-op when it already is. Convolutions on an NCHW input would
@@ -93,8 +134,9 @@ class ConvNet(nn.Module):
         the input (0 for none).
     :param residual: add a skip connection around the 1x1 layer.
 
-    Inputs are ``(N, C, H, W)``; a context is ``(N, context_dim)``. Under autocast the first
-    layer, which reads the data, stays float32 (:class:`Float32InputLinear` says why). The weights and hidden
+    Inputs are ``(N, C, H, W)``; a context is ``(N, context_dim)``. Under bfloat16 autocast
+    the first layer, which reads the data, keeps about 16 bits of its input and weights
+    (:class:`SplitBFloat16Conv2d`); the other layers compute in bfloat16. The weights and hidden
     activations are kept channels-last (:func:`channels_last`): a Glow training step takes 23 %
     less time on one CPU thread, with the same outputs up to float rounding.
 
@@ -114,7 +156,7 @@ class ConvNet(nn.Module):
         super().__init__()
         self.context_dim = context_dim
         self.residual = residual
-        self.conv_in = nn.Conv2d(in_channels + context_dim, hidden_channels, 3, padding=1)
+        self.conv_in = SplitBFloat16Conv2d(in_channels + context_dim, hidden_channels, 3, padding=1)
         self.conv_hidden = nn.Conv2d(hidden_channels, hidden_channels, 1)
         self.conv_out = nn.Conv2d(hidden_channels, out_channels, 3, padding=1)
         zero_last_layer(self)
@@ -126,9 +168,9 @@ class ConvNet(nn.Module):
                 raise ValueError("this network was built with a context; pass one")
             c = context[..., None, None].expand(*context.shape, *x.shape[-2:])
             x = torch.cat([x, c], dim=-3)
-        with full_precision(x):  # the layer that reads the data: float32, see Float32InputLinear
-            h = torch.relu(self.conv_in(channels_last(x)))
+        h = torch.relu(self.conv_in(channels_last(x)))
         g = torch.relu(self.conv_hidden(h))
         h = h + g if self.residual else g
         # Back to the caller's layout: the output is small (shift and scale of one half).
         return self.conv_out(h).contiguous()
+
