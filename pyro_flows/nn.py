@@ -81,13 +81,13 @@ class SplitBFloat16Conv2d(nn.Conv2d):
     """A ``Conv2d`` for the layer that reads the data: under bfloat16 autocast it runs in
     bfloat16 on two-term splits, ``x = x_hi + x_lo`` and ``W = W_hi + W_lo`` with each term in
     bfloat16. Being linear, the layer is ``W_hi x_hi + W_hi x_lo + W_lo x_hi`` (the dropped
-    ``W_lo x_lo`` is below float32's resolution of the sum): one convolution over three times
-    the channels. Inputs and weights keep about 16 significant bits instead of bfloat16's 8
+    ``W_lo x_lo`` is about 2^-17 of the product, far below the output's bfloat16 rounding): one
+    convolution over three times the channels. Inputs and weights keep about 16 significant bits instead of bfloat16's 8
     (:class:`Float32InputLinear` says why 8 are too few for the data); the output is rounded to
     bfloat16 like every hidden activation. Computed in float32 instead, this few-channel
     convolution, its wide float32 output and their backward took about a third of a
     bf16-mixed Glow training step on a CPU. Without autocast, or under float16 (whose range is
-    too narrow for raw data), it is a float32 ``Conv2d``.
+    too narrow for raw data), or with ``groups`` or a padding mode, it is a float32 ``Conv2d``.
 
     >>> from pyro_flows.precision import autocast
     >>> conv = SplitBFloat16Conv2d(2, 3, 3, padding=1)
@@ -100,8 +100,8 @@ class SplitBFloat16Conv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         device = x.device.type
-        if (x.dtype != torch.float32 or device not in ("cpu", "cuda")
-                or not torch.is_autocast_enabled(device)
+        if (x.dtype != torch.float32 or device not in ("cpu", "cuda") or self.groups != 1
+                or self.padding_mode != "zeros" or not torch.is_autocast_enabled(device)
                 or torch.get_autocast_dtype(device) != torch.bfloat16):
             with full_precision(x):
                 return super().forward(x)
@@ -173,4 +173,3 @@ class ConvNet(nn.Module):
         h = h + g if self.residual else g
         # Back to the caller's layout: the output is small (shift and scale of one half).
         return self.conv_out(h).contiguous()
-
