@@ -84,9 +84,9 @@ class SplitBFloat16Conv2d(nn.Conv2d):
     ``W_lo x_lo`` is about 2^-17 of the product, far below the output's bfloat16 rounding): one
     convolution over three times the channels. Inputs and weights keep about 16 significant
     bits instead of bfloat16's 8 (:class:`Float32InputLinear` says why 8 are too few for the
-    data); the output is rounded to bfloat16 like every hidden activation. Computed in float32 instead, this few-channel
-    convolution, its wide float32 output and their backward took about a third of a
-    bf16-mixed Glow training step on a CPU. Without autocast, or under float16 (whose range is
+    data); the output is rounded to bfloat16 like every hidden activation. Computed in float32
+    instead, this few-channel convolution, its wide float32 output and their backward took
+    about a third of a bf16-mixed Glow training step on a CPU. Without autocast, or under float16 (whose range is
     too narrow for raw data), or with ``groups`` or a padding mode, it is a float32 ``Conv2d``.
 
     >>> from pyro_flows.precision import autocast

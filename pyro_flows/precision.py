@@ -5,9 +5,9 @@ bfloat16, where a CPU with AMX or a GPU with tensor cores computes them several 
 Their first layer, the one that reads the conditioning data, must not round the data to
 bfloat16's 8 bits (the conditioner would become a step function of them: a 2-D toy fit lost
 1.5 % of its test NLL that way, within 0.4 % with the first layer in float32): an MLP's stays
-float32, and Glow's conv net runs its first layer in bfloat16 on two-term splits of the data and
-weights, about 16 bits each (:class:`~pyro_flows.nn.SplitBFloat16Conv2d`). The one-layer split priors of a
-multi-scale flow stay float32. Everything a density depends on stays float32: each
+float32, and Glow's conv net runs its first layer in bfloat16 on two-term splits of the data
+and weights, about 16 bits each (:class:`~pyro_flows.nn.SplitBFloat16Conv2d`). The one-layer
+split priors of a multi-scale flow stay float32. Everything a density depends on stays float32: each
 transform casts its conditioner's output to float32 *before* the log-scale is bounded, before
 the affine or additive update and before every log-det; ActNorm, the LU factors and mixing of
 invertible linear maps, the base log-density and the preprocessing never leave float32.
