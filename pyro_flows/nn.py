@@ -86,8 +86,9 @@ class SplitBFloat16Conv2d(nn.Conv2d):
     bits instead of bfloat16's 8 (:class:`Float32InputLinear` says why 8 are too few for the
     data); the output is rounded to bfloat16 like every hidden activation. Computed in float32
     instead, this few-channel convolution, its wide float32 output and their backward took
-    about a third of a bf16-mixed Glow training step on a CPU. Without autocast, or under float16 (whose range is
-    too narrow for raw data), or with ``groups`` or a padding mode, it is a float32 ``Conv2d``.
+    about a third of a bf16-mixed Glow training step on a CPU. Without autocast, under float16
+    (whose range is too narrow for raw data), or with ``groups`` or a padding mode, it is a
+    float32 ``Conv2d``.
 
     >>> from pyro_flows.precision import autocast
     >>> conv = SplitBFloat16Conv2d(2, 3, 3, padding=1)
