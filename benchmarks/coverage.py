@@ -17,9 +17,9 @@ Targets (the "posterior" is the model's own joint over ``(z1, z2)``, no data):
 Each guide trains ``--steps`` Adam steps at ``--lr`` on ``Trace_ELBO(--particles)``; its means and
 sds come from 20000 draws. ``--clip C`` (every gradient entry clamped to ``[-C, C]``) and
 ``--lr-final F`` (the learning rate decays geometrically to ``F * lr`` over the run) switch to
-Pyro's ``ClippedAdam``, the optimizer a user would reach for against late collapses. The target is every marginal sd within 15% and every mean within
-0.15 sd. Printed per target and guide: the worst relative sd error, the worst mean error in
-sds, and PASS/FAIL.
+Pyro's ``ClippedAdam``, the optimizer a user would reach for against late collapses. The target
+is every marginal sd within 15% and every mean within 0.15 sd. Printed per target and guide:
+the worst relative sd error, the worst mean error in sds, and PASS/FAIL.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from pyro.infer.autoguide import AutoNormal, init_to_mean
 from pyro.infer.reparam import NeuTraReparam
 from torch.distributions import biject_to
 
-from pyro_flows.infer.autoflow import AutoFlow, build_guide_flow
+from pyro_flows.infer import AutoFlow, build_guide_flow
 from pyro_flows.transforms import ActNorm, InvertibleLinear
 
 DATA = torch.tensor([0.5, 1.0, 2.0])

@@ -17,7 +17,7 @@ import torch
 from pyro.distributions.util import is_validation_enabled
 from torch import nn
 
-from .autoflow import build_guide_flow
+from .guide_flow import build_guide_flow
 
 __all__ = ["AmortizedFlow"]
 

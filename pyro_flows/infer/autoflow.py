@@ -1,16 +1,5 @@
-"""``AutoFlow``: a normalizing-flow autoguide; and :func:`build_guide_flow`, which builds a
-registered flow so that a guide starts exactly at its Gaussian.
-
-A guide built this way draws the model's unconstrained latents as::
-
-    eps ~ N(0, I)  --affine-->  u = loc + scale * eps  --flow-->  z  --biject_to-->  model sites
-
-At initialization ``flow`` is exactly the identity, so the guide *is* the diagonal Gaussian guide
-(``AutoNormal`` / ``AutoDiagonalNormal``) and training starts from that guide's ELBO. Zero-initialized
-couplings alone do not give that: the registry's flows also mix coordinates with fixed
-permutations (RealNVP) or a random rotation (Glow's invertible linear layer), so
-:func:`build_guide_flow` prepends the inverse of that initial mixing (a fixed linear map).
-"""
+"""``AutoFlow``: a normalizing-flow autoguide over a model's unconstrained latents, its flow
+built by :func:`~pyro_flows.infer.build_guide_flow`."""
 
 from __future__ import annotations
 
@@ -20,10 +9,6 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
-from pyro.distributions.conditional import (
-    ConditionalComposeTransformModule,
-)
-from pyro.distributions.torch_transform import ComposeTransformModule
 from pyro.infer.autoguide import AutoContinuous, init_to_median
 from pyro.infer.autoguide.guides import prototype_hide_fn
 from pyro.nn import PyroParam
@@ -32,154 +17,16 @@ from torch import nn
 from torch.distributions import biject_to
 
 from ..registry import build, entry
-from ..transforms import Bijector, Chain, ConditionalBijector
-from ..transforms.shapes import check_event_shape
+from ..transforms import Chain
+from .guide_flow import build_guide_flow
 from .path_gradient import PathGradientPosterior
 
-__all__ = ["AutoFlow", "build_guide_flow"]
+__all__ = ["AutoFlow"]
 
-# Every guide flow is built from this seed: the param store holds parameters but not buffers
-# (Glow's LU permutation and signs, the un-mixing below), so a guide rebuilt from the store
-# alone must recreate the very same buffers.
-FLOW_SEED = 0
 DEFAULT_NUM_LAYERS = 4
 ACCEPTED = ("model", "flow", "num_layers (Pyro: num_transforms)",
             "hidden_dims (Pyro: hidden_dim)", "init_loc_fn", "init_scale", "create_plates",
             "path_gradient")
-
-
-class _FixedLinear(Bijector):
-    """``y = x @ weight`` for a fixed invertible matrix, its inverse and log-det precomputed."""
-
-    def __init__(self, weight: torch.Tensor, weight_inv: torch.Tensor) -> None:
-        super().__init__(event_dim=1)
-        self.register_buffer("weight", weight)
-        self.register_buffer("weight_inv", weight_inv)
-        self.register_buffer("log_det", torch.linalg.slogdet(weight)[1])
-
-    def call_and_ladj(self, x: torch.Tensor, context: torch.Tensor | None = None):
-        check_event_shape(self, x, self.weight.shape[:1])
-        return x @ self.weight, self.log_det.expand(x.shape[:-1])
-
-    def inverse_and_ladj(self, y: torch.Tensor, context: torch.Tensor | None = None):
-        check_event_shape(self, y, self.weight.shape[:1])
-        return y @ self.weight_inv, self.log_det.expand(y.shape[:-1])
-
-
-class _WidthScaledOutput(nn.Module):
-    """A coupling's conditioner whose outputs are divided by its last layer's fan-in.
-
-    The conditioner's zero-initialized last layer is where a guide's first steps go wrong: Adam
-    moves each of its weights by about the learning rate, all in the direction of their
-    gradient's sign, so an output moves by ``lr * sum(|h|)`` over the ``width`` hidden units.
-    At SVI's learning rates (0.05) and a width of 168 that is a log-scale jump of ~8 in one
-    step, compounded layer on layer. Divided by the fan-in, an output moves by ``lr * mean(|h|)``:
-    a step of the flow is then the size of a step of a diagonal Gaussian guide, whatever the
-    width (the output multiplier of Yang et al., "Tensor Programs V", 2022). Density training
-    (lr 1e-3) does not need this and learns faster without it, so only guide flows are built so.
-    """
-
-    def __init__(self, net: nn.Module, fan_in: int) -> None:
-        super().__init__()
-        self.net = net
-        self.factor = 1.0 / fan_in
-
-    def forward(self, *args: torch.Tensor):
-        out = self.net(*args)
-        if isinstance(out, (tuple, list)):
-            return type(out)(o * self.factor for o in out)
-        return out * self.factor
-
-
-def _scale_conditioner_outputs(flow: nn.Module) -> None:
-    """Wrap every vector coupling's conditioner in :class:`_WidthScaledOutput`."""
-    for module in list(flow.modules()):
-        net = getattr(module, "net", None)
-        if not isinstance(net, nn.Module) or isinstance(net, _WidthScaledOutput):
-            continue
-        linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
-        if linears:
-            module.net = _WidthScaledOutput(net, linears[-1].in_features)
-
-
-def _unmixing(name: str, flow, dim: int, context_dim: int, like: torch.Tensor) -> _FixedLinear:
-    """The inverse of ``flow``'s initial map, which must be linear: ``x -> x @ A``."""
-    eye = torch.eye(dim, dtype=like.dtype, device=like.device)
-    gen = torch.Generator().manual_seed(FLOW_SEED)
-    probe = torch.randn(4, dim, generator=gen).to(eye)
-    with torch.no_grad():
-        if context_dim:
-            start = flow.condition(eye.new_zeros(context_dim))
-            other = flow.condition(torch.randn(context_dim, generator=gen).to(eye))
-        else:
-            start = other = flow
-        mixing = start(eye)  # row i is f(e_i), so f(x) = x @ mixing
-        unmixing = start.inv(eye)
-        linear = torch.allclose(other(probe), probe @ mixing, rtol=1e-4, atol=1e-4)
-    if not linear:
-        raise ValueError(
-            f"flow {name!r} is not linear at initialization (for every context), so a guide "
-            "cannot start at its Gaussian; guide flows need zero-initialized couplings")
-    return _FixedLinear(unmixing, mixing)
-
-
-def build_guide_flow(name: str, dim: int, context_dim: int = 0, like: torch.Tensor | None = None,
-                     **kwargs: Any) -> nn.Module:
-    """A registered vector flow ``name`` on ``(dim,)``, ready to refine a Gaussian guide: it is
-    exactly the identity at initialization, never initializes an ActNorm from data, and takes
-    steps of the size of a Gaussian guide's at SVI's learning rates (each coupling's conditioner
-    output is divided by its width, see :class:`_WidthScaledOutput`).
-
-    Builds ``name`` (``"conditional_" + kind`` when ``context_dim > 0``) from the fixed seed
-    ``FLOW_SEED`` without touching the global RNG, on ``like``'s dtype and device, and precedes
-    it with the inverse of its initial mixing. A Glow is built without ActNorms and with
-    volume-preserving LU mixing (``actnorm=False, volume_preserving=True``; pass them to
-    override): the Gaussian is the guide's one free scale per coordinate. ActNorms asked for
-    stay the identity they are built as: a guide never initializes from its own draws.
-
-    :param name: a registered flow name, e.g. ``"realnvp"`` or ``"conditional_glow"``.
-    :param dim: the size of the vectors the flow acts on.
-    :param context_dim: context size for a conditional flow (0: unconditional).
-    :param like: a tensor whose dtype and device the flow takes (default: torch's defaults).
-    :returns: a :class:`~pyro_flows.transforms.Chain` (a ``ComposeTransformModule`` for a
-        plugin flow of other transforms), or its conditional twin when ``context_dim > 0``.
-
-    >>> import torch
-    >>> f = build_guide_flow("realnvp", 4)
-    >>> x = torch.randn(3, 4)
-    >>> torch.equal(f(x), x)
-    True
-    """
-    e = entry(name)
-    if e.conditional != bool(context_dim):
-        want = "a conditional flow with context_dim > 0" if e.conditional else "context_dim=0"
-        raise ValueError(f"flow {name!r} needs {want}, got context_dim={context_dim}")
-    if context_dim:
-        kwargs["context_dim"] = context_dim
-    if name in ("glow", "conditional_glow"):
-        # ActNorms and a free LU diagonal would be two more scales per layer beside the
-        # Gaussian's: Adam moves each ~lr a step, and their product sent the draws' tails past
-        # float range at lr 0.05 (funnel, eight schools, hierarchical model).
-        kwargs.setdefault("actnorm", False)
-        kwargs.setdefault("volume_preserving", True)
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(FLOW_SEED)
-        flow = build(name, event_shape=(dim,), **kwargs)
-    _scale_conditioner_outputs(flow)
-    like = torch.empty(0) if like is None else like
-    flow.to(dtype=like.dtype, device=like.device)
-    unmix = _unmixing(name, flow, dim, context_dim, like)
-    # One flat chain: one pass per log_prob, and torch need not recompute a nested
-    # composition's domain on every distribution built from it.
-    if context_dim:
-        inner = getattr(flow, "flow", None)
-        if isinstance(flow, ConditionalBijector) and isinstance(inner, Chain):
-            return ConditionalBijector(Chain([unmix, *inner.parts]), context_dim)
-        return ConditionalComposeTransformModule([unmix, flow])
-    parts = list(getattr(flow, "parts", [flow]))
-    if all(isinstance(p, Bijector) for p in parts):
-        return Chain([unmix, *parts])
-    return ComposeTransformModule([unmix, *parts])
 
 
 def _one_of(name: str, value: Any, pyro_name: str, pyro_value: Any) -> Any:

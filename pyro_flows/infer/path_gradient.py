@@ -47,7 +47,7 @@ class PathGradientPosterior(dist.TransformedDistribution):
     :param flow: the guide's flow, a :class:`~pyro_flows.transforms.Chain`.
 
     >>> import torch, pyro.distributions as dist
-    >>> from pyro_flows.infer.autoflow import build_guide_flow
+    >>> from pyro_flows.infer import build_guide_flow
     >>> loc = torch.zeros(2, requires_grad=True)
     >>> q = PathGradientPosterior(dist.Normal(torch.zeros(2), 1.0).to_event(1), loc,
     ...                           torch.ones(2), build_guide_flow("realnvp", 2))
