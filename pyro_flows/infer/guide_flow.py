@@ -5,10 +5,10 @@ A guide built this way draws the model's unconstrained latents as::
 
     eps ~ N(0, I)  --affine-->  u = loc + scale * eps  --flow-->  z  --biject_to-->  model sites
 
-At initialization ``flow`` is exactly the identity, so the guide *is* the diagonal Gaussian guide
-(``AutoNormal`` / ``AutoDiagonalNormal``) and training starts from that guide's ELBO. Zero-initialized
-couplings alone do not give that: the registry's flows also mix coordinates with fixed
-permutations (RealNVP) or a random rotation (Glow's invertible linear layer), so
+At initialization ``flow`` is exactly the identity, so the guide *is* the diagonal Gaussian
+guide (``AutoNormal`` / ``AutoDiagonalNormal``) and training starts from that guide's ELBO.
+Zero-initialized couplings alone do not give that: the registry's flows also mix coordinates
+with fixed permutations (RealNVP) or a random rotation (Glow's invertible linear layer), so
 :func:`build_guide_flow` prepends the inverse of that initial mixing (a fixed linear map).
 """
 
@@ -61,9 +61,10 @@ class _FanInScaledLinear(nn.Linear):
     ``lr * sum(|x|)`` over the ``n`` inputs: Yang et al.'s hidden-layer rate for Adam, ``1 / n``
     ("Tensor Programs V", 2022). That matters most after one outlier gradient, which Adam turns
     into a move of about ``30 lr`` in the outlier's sign over the next ten steps: at full rate
-    each unit of a 64-wide hidden layer moved 64 times as far. On the funnel at lr 0.05 that
-    threw realnvp's guide into non-finite draws (2 seeds of 10 within 1,000 steps), and on a
-    wide correlated Gaussian it stalled the fit (benchmarks/RESULTS.md, sixth round).
+    each unit of a 64-wide hidden layer moves 64 times as far. At full rate the guides went
+    non-finite on 11 of 120 runs at lr 0.05 (funnel, eight schools, a hierarchical model, 1,000
+    steps), and a wide correlated Gaussian stalled; at ``1 / n`` neither happened
+    (benchmarks/RESULTS.md, sixth round).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
