@@ -342,6 +342,21 @@ def test_unknown_argument_error_names_only_what_the_user_passed():
     assert "'scale_bound'" not in str(err.value)
 
 
+def test_a_stale_param_store_is_named_not_a_shape_error_later():
+    # Before: "_FixedLinear expects inputs whose trailing shape is (5,), got ... (3,)" at the
+    # first call, naming neither the store nor the fix.
+    def five():
+        pyro.sample("z", dist.Normal(torch.zeros(5), 1.0).to_event(1))
+
+    AutoFlow(model, **SMALL)()
+    with pytest.raises(ValueError, match=r"already holds 'AutoFlow.loc' with shape \(4,\), but "
+                                         r"this guide needs \(5,\).*clear_param_store"):
+        AutoFlow(five, **SMALL)()
+    with pytest.raises(ValueError, match="already holds 'AutoFlow.flow"):
+        AutoFlow(model, num_layers=2, hidden_dims=(8, 8))()
+    AutoFlow(model, **SMALL)()  # same shapes: the store's tensors are taken, as after set_state
+
+
 def _scale_bounds(guide) -> list[float]:
     guide()  # builds the flow
     return [p.scale_bound for p in guide.flow.parts if hasattr(p, "scale_bound")]

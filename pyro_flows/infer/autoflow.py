@@ -12,6 +12,7 @@ from pyro.distributions import constraints
 from pyro.infer.autoguide import AutoContinuous, init_to_median
 from pyro.infer.autoguide.guides import prototype_hide_fn
 from pyro.nn import PyroParam
+from pyro.params import param_with_module_name
 from pyro.poutine.trace_struct import Trace
 from torch import nn
 from torch.distributions import biject_to
@@ -198,6 +199,7 @@ class AutoFlow(AutoContinuous):
                 raise
             raise ValueError(f"flow {self._flow_name!r} cannot act on the model's single "
                              f"unconstrained latent dimension ({err}); use AutoNormal") from err
+        self._check_param_store(loc, flow)
         self.loc = nn.Parameter(loc)
         self.scale = PyroParam(torch.full_like(loc, self._init_scale), self.scale_constraint)
         self.flow = flow
@@ -205,6 +207,24 @@ class AutoFlow(AutoContinuous):
         # tensors even when the param store already holds this guide's (after set_state);
         # taking the store's makes the reload work and the optimizer train what is used.
         pyro.module(self._pyro_get_fullname("flow"), self.flow, update_module_params=True)
+
+    def _check_param_store(self, loc: torch.Tensor, flow: nn.Module) -> None:
+        """Refuse a param store holding this guide's names at other shapes: this guide would
+        take those tensors (as it must after ``set_state``) and fail later, unhelpfully."""
+        store = pyro.get_param_store()
+        flow_name = self._pyro_get_fullname("flow")
+        wanted = {self._pyro_get_fullname("loc"): loc.shape,
+                  self._pyro_get_fullname("scale"): loc.shape,
+                  **{param_with_module_name(flow_name, n): p.shape
+                     for n, p in flow.named_parameters()}}
+        for name, shape in wanted.items():
+            if name in store and store[name].shape != shape:
+                raise ValueError(
+                    f"the param store already holds {name!r} with shape "
+                    f"{tuple(store[name].shape)}, but this guide needs {tuple(shape)}: another "
+                    f"guide named {self._pyro_name!r} was built in this process (Pyro names a "
+                    f"guide's parameters after it). Call pyro.clear_param_store() before "
+                    f"building this one")
 
     def get_base_dist(self) -> dist.TorchDistribution:
         return dist.Normal(torch.zeros_like(self.loc), torch.ones_like(self.loc)).to_event(1)
