@@ -71,6 +71,9 @@ SCRIPT = textwrap.dedent('''
         history = train(model, epochs, checkpoint_dir=out, resume=mode == "resume")
         torch.save({"state": model.state_dict(), "history": history.to_dict()},
                    f"{out}/rank{rank}.pt")
+        # Tear down together: CI once saw rank 1 abort at exit ("terminate called without an
+        # active exception") after leaving while rank 0 was still connected.
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 ''')
 
