@@ -2,7 +2,7 @@
 is from the log-det of the map it actually computed.
 
 The reference is exact: a float64 copy of the flow in which every ``Linear`` / ``Conv2d`` returns
-the very value its float32 counterpart returned under autocast (straight-through gradients), so
+the very value its float32 counterpart (or a whole ``ConvNet``) returned under autocast (straight-through gradients), so
 the copy computes the same map with float64 arithmetic, and autograd's Jacobian of it, with its
 determinant taken in float64, is that map's log-det. A flow that keeps its log-det in float32
 (``pyro_flows.precision``) lands within float32 rounding of it; autocast applied naively to
@@ -25,7 +25,8 @@ import pyro_flows
 
 __all__ = ["logdet_error"]
 
-_LAYERS = (nn.Linear, nn.Conv2d)
+# pyro-flows' ConvNet on a small image computes with its layers' weights without calling them.
+_LAYERS = (nn.Linear, nn.Conv2d, pyro_flows.nn.ConvNet)
 
 
 def logdet_error(flow, x: torch.Tensor, precision: str = "bf16-mixed", examples: int = 2) -> float:

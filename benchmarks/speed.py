@@ -61,6 +61,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from pyro_flows.nn import ConvNet
 from pyro_flows.train import adam
 
 from _contenders import CONTENDERS, WORKLOADS, Contender, Workload, applicable, build, make_data
@@ -164,18 +165,27 @@ class Runner:
 
 # -- the matmul reference -------------------------------------------------------------------
 def gemm_shapes(c: Contender, x: torch.Tensor) -> list[tuple[int, int, int]]:
-    """(M, K, N) of every GEMM a training step of ``c``'s Linear/Conv2d layers implies."""
+    """(M, K, N) of every GEMM a training step of ``c``'s Linear/Conv2d layers implies, a
+    convolution in its im2col form. A pyro-flows ``ConvNet`` on a small image computes its
+    layers as other matrix products without calling them, so it is counted as its three layers."""
     forward: list[tuple[int, int, int]] = []
 
+    def conv(m: nn.Conv2d, pixels: int) -> tuple[int, int, int]:
+        return pixels, m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1], m.out_channels
+
     def hook(m: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
-        if isinstance(m, nn.Linear):
+        if isinstance(m, ConvNet):
+            pixels = out.numel() // m.conv_out.out_channels
+            forward.extend(conv(layer, pixels) for layer in (m.conv_in, m.conv_hidden, m.conv_out))
+        elif isinstance(m, nn.Linear):
             forward.append((inputs[0].numel() // m.in_features, m.in_features, m.out_features))
         else:
-            k = m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
-            forward.append((out.numel() // m.out_channels, k, m.out_channels))
+            forward.append(conv(m, out.numel() // m.out_channels))
 
+    inside = {id(layer) for net in c.module.modules() if isinstance(net, ConvNet)
+              for layer in net.modules() if layer is not net}
     handles = [m.register_forward_hook(hook) for m in c.module.modules()
-               if isinstance(m, (nn.Linear, nn.Conv2d))]
+               if isinstance(m, (nn.Linear, nn.Conv2d, ConvNet)) and id(m) not in inside]
     with torch.no_grad():
         c.log_prob(x.clone())  # a new tensor: a transform cache must not answer from memory
     for h in handles:

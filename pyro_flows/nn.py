@@ -100,16 +100,20 @@ class SplitBFloat16Conv2d(nn.Conv2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        device = x.device.type
-        if (x.dtype != torch.float32 or device not in ("cpu", "cuda") or self.groups != 1
-                or self.padding_mode != "zeros" or not torch.is_autocast_enabled(device)
-                or torch.get_autocast_dtype(device) != torch.bfloat16):
+        if self.groups != 1 or self.padding_mode != "zeros" or not _bfloat16_autocast(x):
             with full_precision(x):
                 return super().forward(x)
         x_hi, x_lo = _two_bfloat16_terms(x)
         w_hi, w_lo = _two_bfloat16_terms(self.weight)
         return F.conv2d(torch.cat([x_hi, x_lo, x_hi], dim=-3), torch.cat([w_hi, w_hi, w_lo], dim=1),
                         self.bias, self.stride, self.padding, self.dilation)
+
+
+def _bfloat16_autocast(x: torch.Tensor) -> bool:
+    """Whether ``x`` is float32 data under bfloat16 autocast on its device."""
+    device = x.device.type
+    return (x.dtype == torch.float32 and device in ("cpu", "cuda") and torch.is_autocast_enabled(device)
+            and torch.get_autocast_dtype(device) == torch.bfloat16)
 
 
 def _two_bfloat16_terms(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,6 +127,50 @@ def channels_last(x: torch.Tensor) -> torch.Tensor:
     convolutions work in; a no-op when it already is. Convolutions on an NCHW input would
     reorder their wide hidden activations on every call, forward and backward."""
     return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
+# Images of at most this many pixels run their conditioner as matrix products
+# (ConvNet._forward_as_matmuls): oneDNN's direct convolutions to or from a few channels are slow
+# on them, and the pixel-major layout lets the ReLUs work in place.
+MATMUL_MAX_PIXELS = 16
+
+# The nine offsets of a 3x3 kernel, in the order of its weight's last two dimensions.
+_OFFSETS = [(a, b) for a in range(3) for b in range(3)]
+
+
+def _neighbourhoods(x: torch.Tensor, flipped: bool = False) -> torch.Tensor:
+    """The 3x3 neighbourhood of every pixel, zero past the border: ``(N, H, W, C)`` to
+    ``(N, H, W, 9, C)``, in the order of a 3x3 kernel's taps (reversed if ``flipped``). A 3x3
+    convolution with padding 1 is this followed by one matrix product (im2col).
+
+    >>> _neighbourhoods(torch.arange(4.0).view(1, 2, 2, 1))[0, 0, 0, :, 0]
+    tensor([0., 0., 0., 0., 0., 1., 0., 2., 3.])
+    """
+    h, w = x.shape[-3:-1]
+    padded = F.pad(x, (0, 0, 1, 1, 1, 1))
+    offsets = [(2 - a, 2 - b) for a, b in _OFFSETS] if flipped else _OFFSETS
+    return torch.stack([padded[..., a:a + h, b:b + w, :] for a, b in offsets], dim=-2)
+
+
+class _SumNeighbours(torch.autograd.Function):
+    """The adjoint of :func:`_neighbourhoods`: ``(N, H, W, 9, C)`` to ``(N, H, W, C)``, adding
+    each tap's value at its pixel's neighbour (col2im). Written by hand because autograd's
+    version of the shifted sums writes nine zero-filled copies of the input in backward."""
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor) -> torch.Tensor:
+        h, w = z.shape[-4:-2]
+        out = z[..., 4, :].clone()  # the centre tap lands on its own pixel
+        for k, (a, b) in enumerate(_OFFSETS):
+            if k != 4:  # pixel (i, j) gets tap k of pixel (i + a - 1, j + b - 1)
+                di, dj = a - 1, b - 1
+                out[..., max(0, -di):h - max(0, di), max(0, -dj):w - max(0, dj), :] += \
+                    z[..., max(0, di):h + min(0, di), max(0, dj):w + min(0, dj), k, :]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return _neighbourhoods(grad, flipped=True)
 
 
 class ConvNet(nn.Module):
@@ -139,7 +187,11 @@ class ConvNet(nn.Module):
     the first layer, which reads the data, keeps about 16 bits of its input and weights
     (:class:`SplitBFloat16Conv2d`); the other layers compute in bfloat16. The weights and hidden
     activations are kept channels-last (:func:`channels_last`): a Glow training step takes 23 %
-    less time on one CPU thread, with the same outputs up to float rounding.
+    less time on one CPU thread, with the same outputs up to float rounding. On images of at
+    most ``MATMUL_MAX_PIXELS`` (16) pixels (a Glow's coarse levels) the same layers run as three
+    matrix products over the pixels instead of convolutions, which are slow there; the output
+    is the same up to float rounding (in float32 under autocast, where the convolutions give
+    bfloat16).
 
     >>> net = ConvNet(2, 4, hidden_channels=8)
     >>> net(torch.randn(5, 2, 4, 4)).shape
@@ -169,8 +221,35 @@ class ConvNet(nn.Module):
                 raise ValueError("this network was built with a context; pass one")
             c = context[..., None, None].expand(*context.shape, *x.shape[-2:])
             x = torch.cat([x, c], dim=-3)
+        if x.shape[-2] * x.shape[-1] <= MATMUL_MAX_PIXELS:
+            return self._forward_as_matmuls(x)
         h = torch.relu(self.conv_in(channels_last(x)))
         g = torch.relu(self.conv_hidden(h))
         h = h + g if self.residual else g
         # Back to the caller's layout: the output is small (shift and scale of one half).
         return self.conv_out(h).contiguous()
+
+    def _forward_as_matmuls(self, x: torch.Tensor) -> torch.Tensor:
+        # The same layers as three matrix products over pixels. The first reads each pixel's 3x3
+        # neighbourhood of the few input channels; the last maps every pixel to its nine taps'
+        # contributions to the few output channels and adds them where they land. The hidden
+        # activations are (pixels, channels) matrices, so the ReLUs can run in place.
+        n, _, height, width = x.shape
+        cols = _neighbourhoods(x.permute(0, 2, 3, 1)).flatten(-2).reshape(n * height * width, -1)
+        w_in = self.conv_in.weight.permute(0, 2, 3, 1).flatten(1).t()
+        if _bfloat16_autocast(cols):  # as SplitBFloat16Conv2d: about 16 bits of data and weights
+            c_hi, c_lo = _two_bfloat16_terms(cols)
+            w_hi, w_lo = _two_bfloat16_terms(w_in)
+            h = torch.addmm(self.conv_in.bias, torch.cat([c_hi, c_lo, c_hi], 1),
+                            torch.cat([w_hi, w_hi, w_lo], 0))
+        else:
+            with full_precision(cols):
+                h = torch.addmm(self.conv_in.bias, cols, w_in)
+        h = torch.relu_(h)
+        g = torch.relu_(torch.addmm(self.conv_hidden.bias, h, self.conv_hidden.weight.flatten(1).t()))
+        h = h + g if self.residual else g
+        w_out = self.conv_out.weight.permute(1, 2, 3, 0).flatten(1)  # (hidden, 9 * out)
+        # Added up in the input's precision: nine terms rounded to bfloat16 would double the error.
+        taps = torch.mm(h, w_out).to(x.dtype).view(n, height, width, 9, -1)
+        out = _SumNeighbours.apply(taps) + self.conv_out.bias
+        return out.permute(0, 3, 1, 2).contiguous()

@@ -100,20 +100,45 @@ def test_conditioners_do_run_in_low_precision():
     bfloat16 under bf16-mixed (their first layer too, on two-term splits of its input and
     weights, tested below); the one-layer split priors stay float32."""
     model = _glow()
-    seen = {}
     glow = model.transforms[0]
     nets = [m for m in glow.modules() if isinstance(m, pyro_flows.nn.ConvNet)]
-    layers = {"in": [n.conv_in for n in nets], "hidden": [n.conv_hidden for n in nets],
-              "out": [n.conv_out for n in nets], "prior": list(glow.priors)}
-    handles = [m.register_forward_hook(lambda m, i, out, k=k: seen.setdefault(k, set()).add(out.dtype))
-               for k, ms in layers.items() for m in ms]
-    with autocast("bf16-mixed"):
+    hidden, priors = [], set()
+    handles = [m.register_forward_hook(lambda m, i, out: priors.add(out.dtype)) for m in glow.priors]
+
+    def pack(t):  # what autograd keeps of the nets' hidden layers, in the dtype they ran in
+        if t.shape[-1] == nets[0].conv_hidden.out_channels or t.shape[-3:-2] == (nets[0].conv_hidden.out_channels,):
+            hidden.append(t.dtype)
+        return t
+    with autocast("bf16-mixed"), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         lp = model.log_prob(torch.randint(0, 256, (3, 1, 8, 8)).float())
     for h in handles:
         h.remove()
     assert lp.dtype == torch.float32 and torch.isfinite(lp).all()
-    assert seen == {"in": {torch.bfloat16}, "hidden": {torch.bfloat16}, "out": {torch.bfloat16},
-                    "prior": {torch.float32}}
+    assert priors == {torch.float32}
+    assert len(hidden) >= 2 * len(nets) and set(hidden) == {torch.bfloat16}
+
+
+@pytest.mark.parametrize("size", [4, 8], ids=["as-matmuls", "as-convolutions"])
+def test_conv_net_hidden_layers_run_in_bfloat16(size):
+    """Both ways a ConvNet computes (matrix products over the pixels of a small image,
+    convolutions otherwise) keep its hidden activations in bfloat16 under bf16-mixed, and
+    agree with the float32 net to bfloat16 rounding."""
+    torch.manual_seed(0)
+    net = pyro_flows.nn.ConvNet(2, 4, hidden_channels=16)
+    torch.nn.init.normal_(net.conv_out.weight, std=0.1)
+    x = torch.randn(3, 2, size, size, requires_grad=True)
+    hidden = []
+
+    def pack(t):
+        if t.numel() == 3 * size * size * 16:
+            hidden.append(t.dtype)
+        return t
+    with autocast("bf16-mixed"), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = net(x)
+    exact = net(x)
+    assert len(hidden) >= 2 and set(hidden) == {torch.bfloat16}
+    err = (out.float() - exact).abs().max() / exact.abs().max()
+    assert 2**-16 < err < 2**-5  # rounded like bfloat16 (8 bits), not like float32
 
 
 def test_conv_first_layer_runs_in_bfloat16_on_16_bit_splits():
