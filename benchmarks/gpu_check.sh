@@ -68,7 +68,7 @@ git rev-parse HEAD >> "$RESULT" 2>&1
 
 section "tests"
 if [ $DRY -eq 0 ]; then
-  step 90 "$PY" -m pytest -q -p no:cacheprovider tests/test_precision.py tests/test_contract.py -k "cuda or precision or bf16"
+  step 90 "$PY" -m pytest -q -p no:cacheprovider tests/test_precision.py tests/test_contract.py tests/test_nn.py -k "cuda or precision or bf16"
 else
   step 60 "$PY" -m pytest -q -p no:cacheprovider tests/test_precision.py -k "names or full_precision"
 fi

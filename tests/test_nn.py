@@ -53,9 +53,41 @@ def test_neighbour_sum_is_the_adjoint_of_neighbourhoods():
     assert torch.autograd.gradgradcheck(pyro_flows.nn._SumNeighbours.apply, (z,))
 
 
+def test_neighbourhoods_are_the_kernel_taps():
+    """Tap ``k = 3a + b`` of pixel ``(i, j)`` is pixel ``(i + a - 1, j + b - 1)``, zero past the
+    border; ``flipped`` reverses the taps."""
+    x = torch.arange(1.0, 13.0).view(1, 3, 4, 1)
+    taps = pyro_flows.nn._neighbourhoods(x)[0, ..., 0]
+    padded = torch.nn.functional.pad(x[0, ..., 0], (1, 1, 1, 1))
+    for i in range(3):
+        for j in range(4):
+            assert torch.equal(taps[i, j], padded[i:i + 3, j:j + 3].flatten())
+    assert torch.equal(pyro_flows.nn._neighbourhoods(x, flipped=True), taps.flip(-1)[None, ..., None])
+
+
 def test_matmul_path_follows_the_module_to_another_device():
     """Nothing in the matrix-product path is created on a fixed device (meta stands in for a
     device move on a CPU-only machine)."""
     net = ConvNet(2, 4, hidden_channels=8).to("meta")
     out = net(torch.empty(3, 2, 4, 4, device="meta"))
     assert out.device.type == "meta" and out.shape == (3, 4, 4, 4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["fp32", "bf16-mixed"])
+def test_small_images_as_matmuls_on_cuda(monkeypatch, precision):
+    """The matrix-product path on a GPU: the convolutions' function in float32, and within
+    bfloat16 rounding of it under bf16-mixed."""
+    from pyro_flows.precision import autocast
+    torch.manual_seed(0)
+    net = ConvNet(3, 4, hidden_channels=32).cuda()
+    torch.nn.init.normal_(net.conv_out.weight, std=0.1)
+    x = torch.randn(16, 3, 4, 4, device="cuda")
+    with autocast(precision, "cuda"):
+        as_matmuls = net(x).float()
+    monkeypatch.setattr(pyro_flows.nn, "MATMUL_MAX_PIXELS", 0)
+    with autocast("fp32", "cuda"):
+        exact = net(x)
+    # cuDNN may run the float32 convolutions in TF32 (10 bits) by default.
+    tolerance = 2**-6 if precision == "bf16-mixed" else 2**-9
+    assert (as_matmuls - exact).abs().max() <= tolerance * exact.abs().max()
