@@ -129,9 +129,10 @@ def channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
-# Images of at most this many pixels run their conditioner as matrix products
+# On a CPU, images of at most this many pixels run their conditioner as matrix products
 # (ConvNet._forward_as_matmuls): oneDNN's direct convolutions to or from a few channels are slow
-# on them, and the pixel-major layout lets the ReLUs work in place.
+# on them, and the pixel-major layout lets the ReLUs work in place. Only measured on CPUs: other
+# devices keep their convolution libraries.
 MATMUL_MAX_PIXELS = 16
 
 # The nine offsets of a 3x3 kernel, in the order of its weight's last two dimensions.
@@ -187,8 +188,8 @@ class ConvNet(nn.Module):
     the first layer, which reads the data, keeps about 16 bits of its input and weights
     (:class:`SplitBFloat16Conv2d`); the other layers compute in bfloat16. The weights and hidden
     activations are kept channels-last (:func:`channels_last`): a Glow training step takes 23 %
-    less time on one CPU thread, with the same outputs up to float rounding. On images of at
-    most ``MATMUL_MAX_PIXELS`` (16) pixels (a Glow's coarse levels) the same layers run as three
+    less time on one CPU thread, with the same outputs up to float rounding. On a CPU, on images
+    of at most ``MATMUL_MAX_PIXELS`` (16) pixels (a Glow's coarse levels) the same layers run as three
     matrix products over the pixels instead of convolutions, which are slow there; the output
     is the same up to float rounding (in float32 under autocast, where the convolutions give
     bfloat16).
@@ -221,7 +222,7 @@ class ConvNet(nn.Module):
                 raise ValueError("this network was built with a context; pass one")
             c = context[..., None, None].expand(*context.shape, *x.shape[-2:])
             x = torch.cat([x, c], dim=-3)
-        if x.shape[-2] * x.shape[-1] <= MATMUL_MAX_PIXELS:
+        if x.device.type == "cpu" and x.shape[-2] * x.shape[-1] <= MATMUL_MAX_PIXELS:
             return self._forward_as_matmuls(x)
         h = torch.relu(self.conv_in(channels_last(x)))
         g = torch.relu(self.conv_hidden(h))
