@@ -1,9 +1,9 @@
 """The quality check beside the speed figures: how far the log-det a flow reports under autocast
 is from the log-det of the map it actually computed.
 
-The reference is exact: a float64 copy of the flow in which every ``Linear`` / ``Conv2d`` returns
-the very value its float32 counterpart (or a whole ``ConvNet``) returned under autocast (straight-through gradients), so
-the copy computes the same map with float64 arithmetic, and autograd's Jacobian of it, with its
+The reference is exact: a float64 copy of the flow in which every ``Linear`` / ``Conv2d`` (and
+every pyro-flows ``ConvNet`` as a whole) returns the very value its float32 counterpart returned
+under autocast (straight-through gradients), so the copy computes the same map with float64 arithmetic, and autograd's Jacobian of it, with its
 determinant taken in float64, is that map's log-det. A flow that keeps its log-det in float32
 (``pyro_flows.precision``) lands within float32 rounding of it; autocast applied naively to
 another flow rounds the log-scales and their sum to bfloat16.

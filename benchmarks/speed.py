@@ -171,7 +171,8 @@ def gemm_shapes(c: Contender, x: torch.Tensor) -> list[tuple[int, int, int]]:
     forward: list[tuple[int, int, int]] = []
 
     def conv(m: nn.Conv2d, pixels: int) -> tuple[int, int, int]:
-        return pixels, m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1], m.out_channels
+        k = m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+        return pixels, k, m.out_channels
 
     def hook(m: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
         if isinstance(m, ConvNet):

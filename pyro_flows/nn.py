@@ -112,8 +112,8 @@ class SplitBFloat16Conv2d(nn.Conv2d):
 def _bfloat16_autocast(x: torch.Tensor) -> bool:
     """Whether ``x`` is float32 data under bfloat16 autocast on its device."""
     device = x.device.type
-    return (x.dtype == torch.float32 and device in ("cpu", "cuda") and torch.is_autocast_enabled(device)
-            and torch.get_autocast_dtype(device) == torch.bfloat16)
+    return (x.dtype == torch.float32 and device in ("cpu", "cuda")
+            and torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16)
 
 
 def _two_bfloat16_terms(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -189,10 +189,10 @@ class ConvNet(nn.Module):
     (:class:`SplitBFloat16Conv2d`); the other layers compute in bfloat16. The weights and hidden
     activations are kept channels-last (:func:`channels_last`): a Glow training step takes 23 %
     less time on one CPU thread, with the same outputs up to float rounding. On a CPU, on images
-    of at most ``MATMUL_MAX_PIXELS`` (16) pixels (a Glow's coarse levels) the same layers run as three
-    matrix products over the pixels instead of convolutions, which are slow there; the output
-    is the same up to float rounding (in float32 under autocast, where the convolutions give
-    bfloat16).
+    of at most ``MATMUL_MAX_PIXELS`` (16) pixels (a Glow's coarse levels), the same layers run as
+    three matrix products over the pixels instead of convolutions, which are slow there; the
+    output is the same up to float rounding (in float32 under autocast, where the convolutions
+    give bfloat16).
 
     >>> net = ConvNet(2, 4, hidden_channels=8)
     >>> net(torch.randn(5, 2, 4, 4)).shape
@@ -247,7 +247,8 @@ class ConvNet(nn.Module):
             with full_precision(cols):
                 h = torch.addmm(self.conv_in.bias, cols, w_in)
         h = torch.relu_(h)
-        g = torch.relu_(torch.addmm(self.conv_hidden.bias, h, self.conv_hidden.weight.flatten(1).t()))
+        w_hidden = self.conv_hidden.weight.flatten(1).t()
+        g = torch.relu_(torch.addmm(self.conv_hidden.bias, h, w_hidden))
         h = h + g if self.residual else g
         w_out = self.conv_out.weight.permute(1, 2, 3, 0).flatten(1)  # (hidden, 9 * out)
         # Added up in the input's precision: nine terms rounded to bfloat16 would double the error.

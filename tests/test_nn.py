@@ -62,7 +62,8 @@ def test_neighbourhoods_are_the_kernel_taps():
     for i in range(3):
         for j in range(4):
             assert torch.equal(taps[i, j], padded[i:i + 3, j:j + 3].flatten())
-    assert torch.equal(pyro_flows.nn._neighbourhoods(x, flipped=True), taps.flip(-1)[None, ..., None])
+    flipped = pyro_flows.nn._neighbourhoods(x, flipped=True)
+    assert torch.equal(flipped, taps.flip(-1)[None, ..., None])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -102,11 +102,12 @@ def test_conditioners_do_run_in_low_precision():
     model = _glow()
     glow = model.transforms[0]
     nets = [m for m in glow.modules() if isinstance(m, pyro_flows.nn.ConvNet)]
+    width = nets[0].conv_hidden.out_channels
     hidden, priors = [], set()
     handles = [m.register_forward_hook(lambda m, i, out: priors.add(out.dtype)) for m in glow.priors]
 
-    def pack(t):  # what autograd keeps of the nets' hidden layers, in the dtype they ran in
-        if t.shape[-1] == nets[0].conv_hidden.out_channels or t.shape[-3:-2] == (nets[0].conv_hidden.out_channels,):
+    def pack(t):  # what autograd keeps of the hidden layers (pixels x channels, or N C H W)
+        if t.shape[-1] == width or t.shape[-3:-2] == (width,):
             hidden.append(t.dtype)
         return t
     with autocast("bf16-mixed"), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
