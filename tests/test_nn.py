@@ -81,6 +81,7 @@ def test_small_images_give_the_same_net_on_cpu_and_cuda(precision):
     net.cuda()
     with autocast(precision, "cuda"):
         on_cuda = net(x.cuda()).float().cpu()
-    # cuDNN may run float32 convolutions in TF32 (10 bits) by default.
-    tolerance = 2**-6 if precision == "bf16-mixed" else 2**-9
+    # cuDNN may run float32 convolutions in TF32 (10 bits) by default; a wrong network would be
+    # off by about the output's size.
+    tolerance = 2**-6 if precision == "bf16-mixed" else 2**-7
     assert (on_cpu - on_cuda).abs().max() <= tolerance * on_cpu.abs().max()
