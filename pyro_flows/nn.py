@@ -103,10 +103,8 @@ class SplitBFloat16Conv2d(nn.Conv2d):
         if self.groups != 1 or self.padding_mode != "zeros" or not _bfloat16_autocast(x):
             with full_precision(x):
                 return super().forward(x)
-        x_hi, x_lo = _two_bfloat16_terms(x)
-        w_hi, w_lo = _two_bfloat16_terms(self.weight)
-        return F.conv2d(torch.cat([x_hi, x_lo, x_hi], dim=-3), torch.cat([w_hi, w_hi, w_lo], dim=1),
-                        self.bias, self.stride, self.padding, self.dilation)
+        x_terms, w_terms = _split_operands(x, self.weight, x_dim=-3, w_dim=1)
+        return F.conv2d(x_terms, w_terms, self.bias, self.stride, self.padding, self.dilation)
 
 
 def _bfloat16_autocast(x: torch.Tensor) -> bool:
@@ -114,6 +112,16 @@ def _bfloat16_autocast(x: torch.Tensor) -> bool:
     device = x.device.type
     return (x.dtype == torch.float32 and device in ("cpu", "cuda")
             and torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16)
+
+
+def _split_operands(x: torch.Tensor, w: torch.Tensor, x_dim: int,
+                    w_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The operands of one bfloat16 product ``W x`` that keeps about 16 bits of each:
+    ``x_hi, x_lo, x_hi`` and ``W_hi, W_hi, W_lo``, concatenated along the summed dimension
+    (``x_dim`` of ``x``, ``w_dim`` of ``w``)."""
+    x_hi, x_lo = _two_bfloat16_terms(x)
+    w_hi, w_lo = _two_bfloat16_terms(w)
+    return torch.cat([x_hi, x_lo, x_hi], dim=x_dim), torch.cat([w_hi, w_hi, w_lo], dim=w_dim)
 
 
 def _two_bfloat16_terms(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -239,10 +247,7 @@ class ConvNet(nn.Module):
         cols = _neighbourhoods(x.permute(0, 2, 3, 1)).flatten(-2).reshape(n * height * width, -1)
         w_in = self.conv_in.weight.permute(0, 2, 3, 1).flatten(1).t()
         if _bfloat16_autocast(cols):  # as SplitBFloat16Conv2d: about 16 bits of data and weights
-            c_hi, c_lo = _two_bfloat16_terms(cols)
-            w_hi, w_lo = _two_bfloat16_terms(w_in)
-            h = torch.addmm(self.conv_in.bias, torch.cat([c_hi, c_lo, c_hi], 1),
-                            torch.cat([w_hi, w_hi, w_lo], 0))
+            h = torch.addmm(self.conv_in.bias, *_split_operands(cols, w_in, x_dim=1, w_dim=0))
         else:
             with full_precision(cols):
                 h = torch.addmm(self.conv_in.bias, cols, w_in)
