@@ -106,8 +106,8 @@ def test_conditioners_do_run_in_low_precision():
     hidden, priors = [], set()
     handles = [m.register_forward_hook(lambda m, i, out: priors.add(out.dtype)) for m in glow.priors]
 
-    def pack(t):  # what autograd keeps of the hidden layers (pixels x channels, or N C H W)
-        if t.shape[-1] == width or t.shape[-3:-2] == (width,):
+    def pack(t):  # what autograd keeps of the hidden layers: (3 images x pixels, channels)
+        if t.shape in [(3 * 16, width), (3 * 4, width)]:  # the 4x4 and 2x2 levels
             hidden.append(t.dtype)
         return t
     with autocast("bf16-mixed"), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -119,19 +119,19 @@ def test_conditioners_do_run_in_low_precision():
     assert len(hidden) >= 2 * len(nets) and set(hidden) == {torch.bfloat16}
 
 
-@pytest.mark.parametrize("size", [4, 8], ids=["as-matmuls", "as-convolutions"])
+@pytest.mark.parametrize("size", [2, 4, 8], ids=["as-image-maps", "as-matmuls", "as-convolutions"])
 def test_conv_net_hidden_layers_run_in_bfloat16(size):
-    """Both ways a ConvNet computes (matrix products over the pixels of a small image,
-    convolutions otherwise) keep its hidden activations in bfloat16 under bf16-mixed, and
-    agree with the float32 net to bfloat16 rounding."""
+    """Every way a ConvNet computes (dense maps of a 2x2 image, matrix products over the pixels
+    of a small image, convolutions otherwise) keeps its hidden activations in bfloat16 under
+    bf16-mixed, and agrees with the float32 net to bfloat16 rounding."""
     torch.manual_seed(0)
     net = pyro_flows.nn.ConvNet(2, 4, hidden_channels=16)
     torch.nn.init.normal_(net.conv_out.weight, std=0.1)
-    x = torch.randn(3, 2, size, size, requires_grad=True)
+    x = torch.randn(8, 2, size, size, requires_grad=True)
     hidden = []
 
     def pack(t):
-        if t.numel() == 3 * size * size * 16:
+        if t.numel() == 8 * size * size * 16:
             hidden.append(t.dtype)
         return t
     with autocast("bf16-mixed"), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
