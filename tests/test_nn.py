@@ -95,14 +95,16 @@ def test_tap_matrix_gathers_the_neighbourhoods_unfold_does(shape):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("precision", ["fp32", "bf16-mixed"])
-def test_small_images_give_the_same_net_on_cpu_and_cuda(precision):
-    """The products on a CPU and cuDNN's convolutions on a GPU (which keeps them) compute the
-    same network: to float rounding in fp32, to bfloat16 rounding under bf16-mixed."""
+@pytest.mark.parametrize("size", [2, 4], ids=["image-maps", "pixel-products"])
+def test_small_images_give_the_same_net_on_cpu_and_cuda(precision, size):
+    """The products or dense maps on a CPU and cuDNN's convolutions on a GPU (which keeps them)
+    compute the same network: to float rounding in fp32, to bfloat16 rounding under
+    bf16-mixed."""
     from pyro_flows.precision import autocast
     torch.manual_seed(0)
     net = ConvNet(3, 4, hidden_channels=32)
     torch.nn.init.normal_(net.conv_out.weight, std=0.1)
-    x = torch.randn(16, 3, 4, 4)
+    x = torch.randn(16, 3, size, size)
     with autocast(precision, "cpu"):
         on_cpu = net(x).float()
     net.cuda()
