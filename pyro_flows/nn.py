@@ -157,8 +157,8 @@ MATMUL_MAX_PIXELS = 16
 # multiplications by the zero padding. Building the dense weights costs about (in + out
 # channels) x pixels x hidden channels, paid once per call, so they are used when that is at
 # most this many times the hidden activations (batch x hidden channels). Measured on one CPU
-# thread: 1.2-1.9x faster fwd+bwd for Glow's 2x2 and 1x1 levels with 64-128 hidden channels from
-# batch 8 to 256; 0.8-0.9x for 24 -> 256 -> 48 channels at batch 8-32, 1.1-1.5x at batch 128-256.
+# thread: 1.2-2.0x faster fwd+bwd for Glow's 2x2 and 1x1 levels with 64-128 hidden channels from
+# batch 8 to 256; 0.7-0.9x for 24 -> 256 -> 48 channels at batch 8-32, 1.1-1.5x at batch 128-256.
 IMAGE_MAPS_MAX_WEIGHT_RATIO = 8
 
 
