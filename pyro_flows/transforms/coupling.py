@@ -181,6 +181,8 @@ class _Coupling(Bijector):
         to rebuild the transformed half and to rerun the layer with a graph."""
         if self.checkerboard:
             return rebuild_by_inversion(self, out, context, inverse)
+        with torch.enable_grad():  # as both directions do; the context's gradient flows back
+            out, context = self._broadcast(out, context)
         o1, o2 = self._split(out)
         x1 = o1.detach().requires_grad_()
         with torch.enable_grad():

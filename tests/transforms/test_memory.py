@@ -89,3 +89,23 @@ def test_no_graph_is_kept_inside_a_memory_efficient_level():
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
         plain.inverse_and_ladj(torch.randn(2, 1, 4, 4))
     assert lean_saved * 5 < sum(saved)
+
+
+def test_unbatched_context_reaches_every_image_of_the_batch_in_backward():
+    """A context without batch dimensions broadcasts against the batch: forward did so, and the
+    memory-saving backward, which reruns the coupling on the rebuilt input, must too."""
+    torch.manual_seed(0)
+    plain = perturb(pyro_flows.transforms.GlowStep((4, 4, 4), hidden_channels=8,
+                                                   context_dim=2).double())
+    lean = pyro_flows.transforms.GlowStep((4, 4, 4), hidden_channels=8, context_dim=2).double()
+    lean.memory_efficient = True
+    lean.load_state_dict(plain.state_dict())
+    y = torch.randn(3, 4, 4, 4, dtype=torch.float64)
+    context = torch.randn(2, dtype=torch.float64, requires_grad=True)
+    grads = []
+    for step in (plain, lean):
+        x = pyro_flows.transforms.ConditionalBijector(step, 2).condition(context).inv(y)
+        grads.append(torch.autograd.grad(x.square().sum(), [context, *step.parameters()]))
+    assert grads[1][0].abs().sum() > 0
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-10)
