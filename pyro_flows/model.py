@@ -36,6 +36,17 @@ DEQUANTIZATIONS = ("uniform", "variational", None)
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
+
+def _modules(t: Transform) -> list[nn.Module]:
+    """The modules holding ``t``'s parameters: ``t`` itself, the parts of a composition, or the
+    transform that ``t`` is the inverse of (``module.inv`` is not a module itself)."""
+    if isinstance(t, nn.Module):
+        return [t]
+    if isinstance(t, ComposeTransform):
+        return [m for part in t.parts for m in _modules(part)]
+    inverse = t.inv
+    return [inverse] if isinstance(inverse, nn.Module) else []
+
 def _event_shape(event_shape: int | Sequence[int]) -> torch.Size:
     shape = torch.Size((event_shape,) if isinstance(event_shape, int) else tuple(event_shape))
     if len(shape) == 0 or any(s < 1 for s in shape):
@@ -221,7 +232,7 @@ class FlowModel(nn.Module):
             raise ValueError(f"preprocessing is for event shape "
                              f"{tuple(preprocessing.event_shape)}, the model for "
                              f"{tuple(self.event_shape)}")
-        self.transforms = nn.ModuleList([t for t in parts if isinstance(t, nn.Module)])
+        self.transforms = nn.ModuleList([m for t in parts for m in _modules(t)])
         self._parts = parts  # every transform, in order; ModuleList above only holds the modules
         self.preprocessing = preprocessing
         latent = self.event_shape
@@ -248,7 +259,7 @@ class FlowModel(nn.Module):
             (``num_layers``, ``hidden_dims``).
         :param flow_kwargs: passed to the transform's builder (``num_layers``, ``hidden_dims``,
             ``levels`` (scales of a multi-scale image flow), ``steps``, ``hidden_channels``,
-            ``data_init``, ...).
+            ...).
 
         >>> FlowModel.build("glow", (1, 8, 8), data_levels=256, levels=2, steps=2,
         ...                 hidden_channels=8).sample(2).shape

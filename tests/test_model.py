@@ -325,3 +325,21 @@ def test_importance_bits_per_dim_needs_dequantized_discrete_data():
     with pytest.raises(ValueError, match="k must be"):
         small_model("realnvp", VECTOR, data_levels=17).importance_bits_per_dim(
             digits_like(3, VECTOR), k=0)
+
+
+@pytest.mark.parametrize("wrap", ["inverse", "compose"])
+def test_transforms_inside_an_inverse_or_a_composition_are_registered(wrap):
+    """``t.inv`` of a transform module and a plain ``ComposeTransform`` of modules hold
+    parameters too: the model trains, saves and moves them like any other part."""
+    from torch.distributions import ComposeTransform
+
+    from pyro_flows.transforms import InvertibleConv1x1
+    conv = InvertibleConv1x1((4, 2, 2))
+    part = conv.inv if wrap == "inverse" else ComposeTransform([conv, InvertibleConv1x1((4, 2, 2))])
+    model = FlowModel([part], (4, 2, 2))
+    names = {name for name, _ in model.named_parameters()}
+    assert set(dict(conv.named_parameters())) <= {n.split(".", 2)[-1] for n in names}
+    assert len(list(model.parameters())) == (1 if wrap == "inverse" else 2) * len(
+        list(conv.parameters()))
+    model.to(torch.float64)
+    assert all(p.dtype == torch.float64 for p in conv.parameters())
