@@ -228,3 +228,15 @@ def test_flow_registered_both_ways_is_optimized_once():
 def test_one_dimensional_latent():
     q = AmortizedFlow(Encoder(latent_dim=1), 1)
     assert q(DATA[:3]).rsample().shape == (3, 1)
+
+
+def test_a_second_flow_under_the_same_name_is_refused_with_the_fix():
+    """Two AmortizedFlows under the default name in one process: the second would take the
+    first one's tensors from the param store (as it must after a reload) and fail deep inside
+    a matrix product. It is refused, naming the clash and the fix."""
+    x = DATA[:4]
+    AmortizedFlow(Encoder(), K, flow="realnvp")(x)
+    other = AmortizedFlow(Encoder(), K, flow="nice", hidden_dims=(7,))
+    with pytest.raises(ValueError, match="amortized_flow.*name=.*clear_param_store"):
+        other(x)
+    AmortizedFlow(Encoder(), K, flow="nice", hidden_dims=(7,), name="second")(x)  # the fix

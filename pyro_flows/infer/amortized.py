@@ -15,6 +15,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro.distributions.util import is_validation_enabled
+from pyro.params import param_with_module_name
 from torch import nn
 
 from .guide_flow import build_guide_flow
@@ -136,15 +137,30 @@ class AmortizedFlow(nn.Module):
                                  ".to()")
         return loc, scale, context
 
+    def _check_param_store(self) -> None:
+        """Refuse a param store holding this flow's names at other shapes: registering would
+        hand the flow those tensors (as it must after a reload) and fail deep inside a layer."""
+        store = pyro.get_param_store()
+        for name, p in self.flow.named_parameters():
+            stored = param_with_module_name(self.name, name)
+            if stored in store and store[stored].shape != p.shape:
+                raise ValueError(
+                    f"the param store already holds {stored!r} with shape "
+                    f"{tuple(store[stored].shape)}, but this AmortizedFlow needs {tuple(p.shape)}: "
+                    f"another flow was registered under the name {self.name!r}. Give each "
+                    f"AmortizedFlow its own name= or call pyro.clear_param_store() first")
+
     def forward(self, x: torch.Tensor) -> dist.TransformedDistribution:
         """The posterior ``q(z | x)``: batch shape from the encoder's ``loc``, event shape
         ``(latent_dim,)``; ``rsample`` is differentiable in the encoder and the flow. Registers
         the flow in Pyro's param store (see the class docstring)."""
-        pyro.module(self.name, self.flow, update_module_params=True)
         loc, scale, context = self._encode(x)
         base = dist.Normal(loc, scale).to_event(1)  # validates loc and scale (NaN, scale <= 0)
         if context is None:
             context = torch.cat([loc, scale.log()], dim=-1)
         elif is_validation_enabled() and not torch.isfinite(context).all():
             raise ValueError("the encoder's context contains NaN or infinite values")
+        # Registered last, so a call that fails on its input leaves the param store as it was.
+        self._check_param_store()
+        pyro.module(self.name, self.flow, update_module_params=True)
         return dist.TransformedDistribution(base, [self.flow.condition(context)])
