@@ -46,6 +46,15 @@ class ConditionalBijector(ConditionalTransformModule):
         super().__init__()
         if context_dim < 1:
             raise ValueError(f"context_dim must be a positive integer, got {context_dim}")
+        # A flow built without a context would ignore it, and one built for another size would
+        # fail deep inside its networks: both are refused here.
+        sizes = {m.context_dim for m in flow.modules() if getattr(m, "context_dim", 0)}
+        if context_dim not in sizes:
+            built = f"for a context of size {', '.join(map(str, sorted(sizes)))}" if sizes else (
+                "without a context")
+            raise ValueError(f"{type(self).__name__} got a {type(flow).__name__} built {built}; "
+                             f"build the flow with context_dim={context_dim} (e.g. "
+                             f"conditional_realnvp(input_dim, {context_dim}).flow)")
         self.flow, self.context_dim = flow, context_dim
         self.domain, self.codomain = flow.domain, flow.codomain
 

@@ -108,3 +108,17 @@ def test_conditional_flows_use_the_context(kind):
     # A batch of contexts gives each row its own transform.
     both = flow.condition(torch.stack([c1, c2]))(x[:1].expand(2, 4))
     assert torch.allclose(both, torch.cat([y1[:1], y2[:1]]), atol=1e-12, rtol=0)
+
+
+def test_conditioning_a_flow_built_without_that_context_is_refused():
+    """A flow built without a context would ignore one, and one built for another context size
+    would fail deep inside its networks: both are named at construction, with the fix."""
+    from pyro_flows.transforms import Glow
+    with pytest.raises(ValueError, match="built without a context.*context_dim=3"):
+        ConditionalBijector(pyro_flows.transforms.realnvp(4), 3)
+    with pytest.raises(ValueError, match="built without a context"):
+        ConditionalBijector(Glow((1, 4, 4), levels=1, steps=1, hidden_channels=4), 3)
+    with pytest.raises(ValueError, match="context of size 2.*context_dim=3"):
+        ConditionalBijector(pyro_flows.transforms.conditional_realnvp(4, 2).flow, 3)
+    flow = ConditionalBijector(pyro_flows.transforms.conditional_realnvp(4, 3).flow, 3)
+    assert flow.condition(torch.zeros(3)).inv(torch.randn(5, 4)).shape == (5, 4)
