@@ -5,38 +5,44 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from .checkpoint import atomic_write
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 __all__ = ["density_plot", "image_grid", "loss_curve", "save_figure"]
 
 
-def _pyplot():
-    import matplotlib
+def _figure(**kwargs) -> Figure:
+    # A figure outside pyplot: drawing it needs no screen and leaves the process's backend (a
+    # notebook's, a GUI's) as the user set it.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")  # no screen needed
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kwargs)
 
 
 def save_figure(fig, path: str | os.PathLike) -> Path:
-    """Save ``fig`` as a PNG to ``path`` atomically and close it."""
+    """Save ``fig`` as a PNG to ``path`` atomically; a figure made with pyplot is closed."""
     try:
         return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100,
                                                         bbox_inches="tight"))
     finally:
-        _pyplot().close(fig)
+        pyplot = sys.modules.get("matplotlib.pyplot")
+        if pyplot is not None:  # only pyplot's own figures need closing
+            pyplot.close(fig)
 
 
 def loss_curve(history: dict, path: str | os.PathLike, unit: str = "nats per example",
                scale: float = 1.0) -> Path:
     """Training and validation loss per epoch (multiplied by ``scale``, labelled ``unit``)."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = _figure(figsize=(6, 4))
+    ax = fig.subplots()
     epochs = range(1, len(history["train_loss"]) + 1)
     ax.plot(epochs, [v * scale for v in history["train_loss"]], marker="o", label="train")
     if history.get("val_loss"):
@@ -52,7 +58,6 @@ def image_grid(images: torch.Tensor, path: str | os.PathLike, levels: int | None
                title: str = "") -> Path:
     """Images ``(N, C, H, W)`` (values ``0 .. levels - 1``, or any range without ``levels``)
     tiled in a square grid; one channel is shown in grey, three as RGB."""
-    plt = _pyplot()
     x = images.detach().float().cpu()
     lo, hi = (0.0, levels - 1.0) if levels else (x.min().item(), x.max().item())
     x = ((x - lo) / max(hi - lo, 1e-8)).clamp(0, 1)
@@ -64,8 +69,8 @@ def image_grid(images: torch.Tensor, path: str | os.PathLike, levels: int | None
         r, q = divmod(i, cols)
         grid[:, 1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + q * (w + 1): 1 + q * (w + 1) + w] = x[i]
     inches = 0.09  # per pixel: an 8x8 digit is about 0.8 inch wide
-    fig, ax = plt.subplots(figsize=(max(3.0, inches * cols * (w + 1)),
-                                    max(3.0, inches * rows * (h + 1))))
+    fig = _figure(figsize=(max(3.0, inches * cols * (w + 1)), max(3.0, inches * rows * (h + 1))))
+    ax = fig.subplots()
     ax.imshow((grid[0] if c == 1 else grid[:3].permute(1, 2, 0)).numpy(),
               cmap="gray" if c == 1 else None,
               vmin=0, vmax=1, interpolation="nearest")
@@ -78,7 +83,6 @@ def image_grid(images: torch.Tensor, path: str | os.PathLike, levels: int | None
 def density_plot(log_prob, data: torch.Tensor, samples: torch.Tensor,
                  path: str | os.PathLike) -> Path:
     """For 2-D data: held-out points, the model's density on a grid, and model samples."""
-    plt = _pyplot()
     data, samples = data.detach().cpu(), samples.detach().cpu()
     lo, hi = data.min(0).values, data.max(0).values
     pad = 0.1 * (hi - lo)
@@ -87,7 +91,8 @@ def density_plot(log_prob, data: torch.Tensor, samples: torch.Tensor,
     xx, yy = torch.meshgrid(xs, ys, indexing="xy")
     with torch.no_grad():
         density = log_prob(torch.stack([xx.reshape(-1), yy.reshape(-1)], -1)).exp()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    fig = _figure(figsize=(15, 4.5))
+    axes = fig.subplots(1, 3)
     data, samples = data.numpy(), samples.numpy()
     axes[0].scatter(data[:, 0], data[:, 1], s=2, alpha=0.4)
     axes[0].set_title("held-out data")
