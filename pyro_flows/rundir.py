@@ -267,8 +267,14 @@ def evaluate(model: FlowModel, data: torch.Tensor, batch_size: int = 500, seed: 
     if len(data) == 0:
         raise ValueError("no examples to evaluate")
     device = model.base_loc.device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
+    cuda = device.type == "cuda"
+    # Seeds only the generators that fork_rng restores (torch.manual_seed would reseed every
+    # GPU's, which a CPU model's evaluation must not touch).
+    with torch.random.fork_rng(devices=[device] if cuda else []):
+        torch.default_generator.manual_seed(seed)
+        if cuda:
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
         nll = torch.cat([-model.log_prob(b.to(device, model.base_loc.dtype))
                          for b in data.split(batch_size)])
     result = {"test_nll": nll.mean().item()}

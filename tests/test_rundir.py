@@ -82,3 +82,22 @@ def test_data_source_records_files_absolutely(tmp_path, monkeypatch):
     (tmp_path / "x.csv").write_text("1,2\n")
     record = data_source("x.csv")
     assert record["data"] == str(tmp_path / "x.csv") and len(record["data_sha256"]) == 64
+
+
+def test_evaluate_seeds_only_the_generators_it_restores(monkeypatch):
+    """``evaluate`` draws its dequantization noise from a fixed seed and then puts the random
+    state back. ``torch.manual_seed`` would also reseed every GPU's generator, which it does not
+    restore for a model on the CPU: a user's CUDA stream would change under them."""
+    import torch
+
+    from pyro_flows.model import FlowModel
+    from pyro_flows.rundir import evaluate
+    reseeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: reseeded.append(seed))
+    model = FlowModel.build("realnvp", 4, data_levels=17, num_layers=2)
+    data = torch.randint(0, 17, (20, 4)).float()
+    state = torch.get_rng_state()
+    first, second = evaluate(model, data), evaluate(model, data)
+    assert first == second
+    assert torch.equal(torch.get_rng_state(), state)
+    assert reseeded == []
