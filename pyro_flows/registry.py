@@ -21,8 +21,8 @@ name                                vectors ``(D,)``                           i
 ``conditional_<coupling or flow>``  its twin; needs ``context_dim``             its twin; needs ``context_dim``
 ==================================  =========================================  ==========================================
 
-(classes from :mod:`pyro_flows.transforms`; the vector flows are Pyro
-``ComposeTransformModule`` s, their twins ``ConditionalComposeTransformModule`` s.) Third-party packages add transforms without touching
+(classes from :mod:`pyro_flows.transforms`; the vector flows are :class:`Chain` s, Pyro
+``TransformModule`` s of their layers, and their twins :class:`ConditionalBijector` s.) Third-party packages add transforms without touching
 pyro-flows through the entry-point group ``pyro_flows.transforms``: each entry point names either
 a builder ``f(event_shape, **kwargs)`` (registered under the entry point's name; optional
 attributes ``event_dims`` and ``conditional``) or a module that calls :func:`register` when
