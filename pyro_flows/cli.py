@@ -25,7 +25,6 @@ import shutil
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -40,8 +39,8 @@ from .model import FlowModel
 from .precision import PRECISIONS
 from .registry import available
 from .rundir import (AUTO_VARIATIONAL_MAX, CHECKPOINT, DEQUANTIZER, LOGIT_ALPHA, METRICS,
-                     WEIGHTS, RunDirectory, build_model, check_data_source, data_source,
-                     dequantization, evaluate, load_run, normalized, read_config)
+                     WEIGHTS, RunDirectory, build_model, check_data_source, check_device,
+                     data_source, dequantization, evaluate, load_run, normalized, read_config)
 from .training import NonFiniteTraining, TrainingInterrupted, fit
 
 __all__ = ["evaluate", "load_run", "main"]
@@ -55,19 +54,6 @@ def _flow_kwargs(args: argparse.Namespace, image: bool) -> dict:
 
 
 # -- checks made before anything is written ------------------------------------------------
-def _check_device(name: str) -> None:
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"--device {name!r} is not a device torch knows; use cpu, cuda or "
-                         "cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: this torch has no CUDA support or sees no GPU; "
-                         "use --device cpu")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) visible")
-
-
 def _load_data(source: str, n_bits: int | None, seed: int) -> datasets.Splits:
     dataset = datasets.load(source, n_bits=n_bits, seed=seed)
     n = len(dataset.train) + len(dataset.val) + len(dataset.test)
@@ -124,7 +110,7 @@ def _barrier() -> None:
 
 
 def _fit(args: argparse.Namespace) -> dict:
-    _check_device(args.device)
+    check_device(args.device)
     rank, args.device = _join_process_group(args.device)
     dataset = _load_data(args.data, args.n_bits, args.seed)
     image = dataset.kind == "image"
@@ -160,7 +146,6 @@ def _fit(args: argparse.Namespace) -> dict:
     if rank == 0:
         run.begin(config, resume=args.resume)
     _barrier()
-    start = time.time()
     try:
         with _first_ctrl_c_asks_to_stop() as asked:
             history = fit(model, dataset.train, val_data=dataset.val, epochs=args.epochs,
@@ -177,7 +162,7 @@ def _fit(args: argparse.Namespace) -> dict:
         raise ValueError(_divergence_advice(error, args, dataset)) from None
     # Every rank holds the same weights; rank 0 reports. No rank leaves (and tears its gloo
     # connections down) before rank 0 has published: an early exit aborted rank 1 at shutdown.
-    report = _finish(model, history, dataset, args, run, time.time() - start) if rank == 0 else {}
+    report = _finish(model, history, dataset, args, run) if rank == 0 else {}
     _barrier()
     return report
 
@@ -194,7 +179,7 @@ def _divergence_advice(error: NonFiniteTraining, args: argparse.Namespace,
 
 
 def _finish(model: FlowModel, history, dataset: datasets.Splits, args: argparse.Namespace,
-            run: RunDirectory, seconds: float) -> dict:
+            run: RunDirectory) -> dict:
     """Score, draw and publish a trained run (rank 0)."""
     model.eval()
     metrics = evaluate(model, dataset.test, seed=args.seed)
@@ -207,7 +192,8 @@ def _finish(model: FlowModel, history, dataset: datasets.Splits, args: argparse.
         "status": "ok", "val_nll": history.val_loss[-1] if history.val_loss else None,
         "train_nll": history.train_loss[-1], "epochs": len(history.train_loss),
         "steps": history.steps[-1], "skipped_steps": sum(history.skipped_steps),
-        "seconds": round(seconds, 1), "num_parameters": sum(p.numel() for p in model.parameters()),
+        "seconds": round(sum(history.seconds), 1),  # every epoch, over resumes too
+        "num_parameters": sum(p.numel() for p in model.parameters()),
         "flow": args.flow, "data": dataset.name, "event_shape": list(dataset.event_shape),
         "levels": dataset.levels, "history": history.to_dict()})
     save_json(metrics, run.partial / METRICS)
@@ -243,9 +229,11 @@ def _run_data(args: argparse.Namespace, config: dict) -> datasets.Splits:
 
 
 def _sample(args: argparse.Namespace) -> torch.Tensor:
-    _check_device(args.device)
+    check_device(args.device)
     model, config = load_run(args.run_dir, args.device)
-    out = Path(args.out or Path(args.run_dir) / f"samples-T{args.temperature:g}.png")
+    drawable = len(config["event_shape"]) == 3 or config["event_shape"] == [2]
+    default = Path(args.run_dir) / f"samples-T{args.temperature:g}.{'png' if drawable else 'npy'}"
+    out = Path(args.out or default)
     if out.suffix not in (".npy", ".png"):
         raise ValueError(f"--out must end in .png or .npy, got {out}")
     torch.manual_seed(args.seed)
@@ -266,7 +254,7 @@ def _sample(args: argparse.Namespace) -> torch.Tensor:
 
 
 def _evaluate(args: argparse.Namespace) -> dict:
-    _check_device(args.device)
+    check_device(args.device)
     model, config = load_run(args.run_dir, args.device)
     dataset = _run_data(args, config)
     metrics = evaluate(model, dataset.test.to(args.device), seed=config["seed"])
@@ -274,6 +262,12 @@ def _evaluate(args: argparse.Namespace) -> dict:
     return metrics
 
 
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown, except where the help says it already, or there is none to show."""
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        said = "default" in (action.help or "")
+        quiet = action.default is None or action.default is False or said
+        return action.help if quiet else super()._get_help_string(action)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -302,7 +296,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="pyro-flows", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    kw = {"formatter_class": argparse.ArgumentDefaultsHelpFormatter}
+    kw = {"formatter_class": _Formatter}
     pos_int, pos_float = _number(int, 0, "at least 1"), _number(float, 0, "a positive number")
     f = commands.add_parser("fit", help="fit a flow to data by maximum likelihood", **kw)
     f.add_argument("data", help=f"'digits', 'fashion-mnist', a 2-D toy "
@@ -351,7 +345,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--data", default=None,
                    help="data for the 2-D density plot (default: the run's own)")
     s.add_argument("--out", default=None, help="a .png (grid or density plot) or a .npy file "
-                                               "(default: RUN_DIR/samples-T<temperature>.png)")
+                   "(default: RUN_DIR/samples-T<temperature>.png, .npy for data that cannot be "
+                   "drawn)")
     s.set_defaults(run=_sample)
     e = commands.add_parser("evaluate", help="test NLL and bits/dim of a fitted run", **kw)
     e.add_argument("run_dir", help="a run directory written by pyro-flows fit")

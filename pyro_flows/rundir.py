@@ -27,8 +27,8 @@ from .model import FlowModel
 from .transforms.multiscale import max_levels
 
 __all__ = ["AUTO_VARIATIONAL_MAX", "CONFIG", "DEQUANTIZER", "LOGIT_ALPHA", "METRICS", "WEIGHTS",
-           "RunDirectory", "build_model", "check_data_source", "data_source", "dequantization",
-           "evaluate", "load_run", "normalized", "read_config"]
+           "RunDirectory", "build_model", "check_data_source", "check_device", "data_source",
+           "dequantization", "evaluate", "load_run", "normalized", "read_config"]
 
 CONFIG, WEIGHTS, METRICS = "config.json", "model.pt", "metrics.json"
 #: The preprocessing of discrete data in new runs (``benchmarks/quality.py``: with variational
@@ -163,8 +163,10 @@ class RunDirectory:
 
     def begin(self, config: dict[str, Any], resume: bool) -> None:
         """Make the partial directory to train in: kept (``resume`` of an unfinished run),
-        seeded with the published run's checkpoint (``resume`` of a finished one) or new."""
+        seeded with the published run's checkpoint (``resume`` of a finished one) or new. The
+        config is ``config`` in every case: a resume may change ``epochs`` (and so the command)."""
         if resume and (self.partial / CONFIG).is_file():
+            save_json(config, self.partial / CONFIG)
             return
         if self.partial.exists():
             shutil.rmtree(self.partial)
@@ -205,6 +207,21 @@ def dequantization(choice: str, event_shape) -> str:
     if choice != "auto":
         return choice
     return "variational" if math.prod(event_shape) <= AUTO_VARIATIONAL_MAX else "uniform"
+
+
+def check_device(name: str) -> None:
+    """Refuse a device (the command line's ``--device``) that torch does not know or this
+    machine does not have, naming the fix."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {name!r} is not a device torch knows; use cpu, cuda or "
+                         "cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: this torch has no CUDA support or sees no GPU; "
+                         "use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) visible")
 
 
 def build_model(config: dict) -> FlowModel:

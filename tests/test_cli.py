@@ -66,6 +66,18 @@ def test_evaluate_reproduces_the_test_metrics(digits_run, capsys):
     assert printed["test_bpd"] == pytest.approx(metrics["test_bpd"], rel=1e-6)
 
 
+def test_sample_without_out_writes_what_the_data_allow(tmp_path, capsys):
+    """Samples of vectors that cannot be drawn (not images, not 2-D) go to a .npy by default,
+    instead of a .png the command then refuses to draw."""
+    data = tmp_path / "table.npy"
+    np.save(data, np.random.default_rng(0).normal(size=(60, 3)).astype(np.float32))
+    run = tmp_path / "run"
+    assert main(["fit", str(data), "--flow", "realnvp", "--epochs", "1", "--layers", "2",
+                 "--hidden", "8", "--quiet", "--out", str(run)]) == 0
+    assert main(["sample", str(run), "--n", "4"]) == 0, capsys.readouterr().err
+    assert np.load(run / "samples-T1.npy", allow_pickle=False).shape == (4, 3)
+
+
 def test_sample_to_npy_and_png(digits_run, tmp_path):
     npy = tmp_path / "s.npy"
     assert main(["sample", str(digits_run), "--n", "5", "--temperature", "0.7",
@@ -151,6 +163,32 @@ def test_resume_continues_a_vector_run(tmp_path, capsys):
     assert json.loads((out / "config.json").read_text())["flow_kwargs"]["hidden_dims"] == [16, 16]
 
 
+def test_resume_records_the_settings_it_ran_with(tmp_path, monkeypatch, capsys):
+    """A resume may change --epochs: config.json then holds the new count and the command that
+    resumes this run, and metrics.json's seconds cover every epoch, not only the last call's."""
+    import contextlib
+
+    import pyro_flows.cli
+
+    class SecondEpoch:  # "Ctrl-C" once the first epoch is done
+        def is_set(self) -> bool:
+            return (tmp_path / ".r.partial" / "checkpoint.pt").exists()
+
+    out = tmp_path / "r"
+    two = [*TOY[:5], "2", *TOY[6:], "--out", str(out)]
+    with monkeypatch.context() as m:
+        m.setattr(pyro_flows.cli, "_first_ctrl_c_asks_to_stop",
+                  contextlib.contextmanager(lambda: (yield SecondEpoch())))
+        assert main(two) == 2
+    assert "resume with" in capsys.readouterr().err and not out.exists()
+    assert main([*TOY[:5], "3", *TOY[6:], "--out", str(out), "--resume"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["epochs"] == 3 and " --epochs 3 " in config["command"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs"] == 3 and len(metrics["history"]["seconds"]) == 3
+    assert metrics["seconds"] == pytest.approx(sum(metrics["history"]["seconds"]), abs=0.05)
+
+
 def test_resume_continues_an_image_run(digits_run, tmp_path):
     out = tmp_path / "d"
     shutil.copytree(digits_run, out)
@@ -222,6 +260,9 @@ def test_help_shows_defaults_and_version(capsys):
     for option in ("--epochs", "--batch-size", "--lr", "--seed", "--device"):
         assert option in text
     assert "(default: 30)" in text and "(default: cpu)" in text and "(default: 0.002)" in text
+    # An option whose help already says its default, or that has none, is not given a second
+    # "(default: None)".
+    assert "(default: None)" not in " ".join(text.split())
     with pytest.raises(SystemExit):
         main(["--version"])
     assert capsys.readouterr().out.strip() == f"pyro-flows {pyro_flows.__version__}"
