@@ -41,6 +41,8 @@ def save_figure(fig, path: str | os.PathLike) -> Path:
 def loss_curve(history: dict, path: str | os.PathLike, unit: str = "nats per example",
                scale: float = 1.0) -> Path:
     """Training and validation loss per epoch (multiplied by ``scale``, labelled ``unit``)."""
+    from matplotlib.ticker import MaxNLocator
+
     fig = _figure(figsize=(6, 4))
     ax = fig.subplots()
     epochs = range(1, len(history["train_loss"]) + 1)
@@ -48,6 +50,7 @@ def loss_curve(history: dict, path: str | os.PathLike, unit: str = "nats per exa
     if history.get("val_loss"):
         ax.plot(epochs, [v * scale for v in history["val_loss"]], marker="o", label="validation")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(f"negative log-likelihood ({unit})")
     ax.grid(alpha=0.3)
     ax.legend()

@@ -37,3 +37,15 @@ def test_a_pyplot_figure_is_saved_and_closed(tmp_path, svg_backend):
     plots.save_figure(fig, tmp_path / "mine.png")
     assert (tmp_path / "mine.png").read_bytes()[:4] == b"\x89PNG"
     assert not plt.fignum_exists(fig.number)
+
+
+def test_loss_curve_marks_whole_epochs(tmp_path):
+    """Epochs are counted in whole numbers: a short run's axis has no 1.5th epoch."""
+    from unittest import mock
+    saved = {}
+    with mock.patch.object(plots, "save_figure", lambda fig, path: saved.setdefault("fig", fig)):
+        plots.loss_curve({"train_loss": [2.0, 1.5, 1.2]}, tmp_path / "loss.png")
+    fig = saved["fig"]
+    fig.canvas.draw()
+    ticks = [t for t in fig.axes[0].get_xticks() if 1 <= t <= 3]
+    assert ticks and all(float(t).is_integer() for t in ticks)
