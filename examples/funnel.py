@@ -124,7 +124,7 @@ def _pair_plot(panels: dict[str, arviz.InferenceData], khats: dict[str, float],
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the comparison; returns ``{"khat": {guide: k}, "table": DataFrame, "figure": path,
     "divergences": int, "seconds": {method: s}}``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (CI)")
     parser.add_argument("--out", default="funnel_out", help="directory for the PNG")
     parser.add_argument("--seed", type=int, default=0)
