@@ -264,7 +264,8 @@ def load_array(path: PathLike, n_bits: int | None = None) -> torch.Tensor:
         )
     bad = x.size - int(np.count_nonzero(np.isfinite(x)))
     if bad:
-        raise ValueError(f"{path}: {bad} entries are not finite (NaN or inf)")
+        raise ValueError(f"{path}: {bad} entries are not finite (NaN or inf); drop or impute "
+                         "them first (e.g. numpy.nan_to_num, or remove those rows)")
     if n_bits is not None:
         # Past 16 bits dequantization is pointless and float32 gets close to inexact.
         if not 1 <= operator.index(n_bits) <= 16:

@@ -146,7 +146,10 @@ def build(name: str, event_shape: int | tuple[int, ...], **kwargs):
     if len(shape) not in e.event_dims:
         kinds = {VECTOR: "vectors (D,)", IMAGE: "images (C, H, W)"}
         takes = " or ".join(kinds.get(d, f"{d}-D events") for d in e.event_dims)
-        raise ValueError(f"transform {name!r} takes {takes}, got event_shape {shape}")
+        flows = [n for n in ("realnvp", "glow", "nice") if len(shape) in entry(n).event_dims]
+        raise ValueError(f"transform {name!r} takes {takes}, got event_shape {shape}; a whole "
+                         f"flow for those is {' or '.join(flows)} (pyro_flows.available() lists "
+                         "every transform)")
     if e.conditional and "context_dim" not in kwargs:
         raise ValueError(f"{name!r} is conditional: pass the size of its context, e.g. "
                          f"build({name!r}, event_shape={shape}, context_dim=3)")

@@ -260,7 +260,7 @@ def test_load_array_n_bits_out_of_range(tmp_path):
 
 def test_load_array_non_finite(tmp_path):
     np.save(tmp_path / "nan.npy", np.array([[np.nan, 1.0], [np.inf, 2.0], [0.0, 1.0]]))
-    with pytest.raises(ValueError, match="2 entries are not finite"):
+    with pytest.raises(ValueError, match="2 entries are not finite.*drop or impute"):
         data.load_array(tmp_path / "nan.npy")
     (tmp_path / "nan.csv").write_text("x,y\nnan,1\n2,3\n")
     with pytest.raises(ValueError, match="1 entries are not finite"):
