@@ -367,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
     args.argv = argv
+    threads = torch.get_num_threads()  # restored below, for a caller of main() in-process
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     try:
@@ -381,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
               "unfinished fit continues with the same command plus --resume)", file=sys.stderr)
         return 2
     finally:
+        torch.set_num_threads(threads)
         if dist.is_initialized():
             dist.destroy_process_group()
     return 0

@@ -114,11 +114,16 @@ def test_bad_input_is_named(argv, message, capsys, tmp_path, monkeypatch):
     assert message in capsys.readouterr().err
 
 
-def test_threads_option(digits_run, capsys):
-    threads = torch.get_num_threads()
+def test_threads_option(digits_run, capsys, monkeypatch):
+    """--threads holds while the command runs; a caller of ``main`` gets its own count back."""
+    import pyro_flows.cli
+    threads, seen = torch.get_num_threads(), []
+    evaluate = pyro_flows.cli.evaluate
+    monkeypatch.setattr(pyro_flows.cli, "evaluate",
+                        lambda *a, **k: seen.append(torch.get_num_threads()) or evaluate(*a, **k))
     try:
         assert main(["evaluate", str(digits_run), "--threads", "1"]) == 0
-        assert torch.get_num_threads() == 1
+        assert seen == [1] and torch.get_num_threads() == threads
     finally:
         torch.set_num_threads(threads)
     with pytest.raises(SystemExit):
