@@ -264,6 +264,7 @@ def _evaluate(args: argparse.Namespace) -> dict:
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
     """Defaults shown, except where the help says it already, or there is none to show."""
+
     def _get_help_string(self, action: argparse.Action) -> str | None:
         said = "default" in (action.help or "")
         quiet = action.default is None or action.default is False or said

@@ -36,7 +36,6 @@ DEQUANTIZATIONS = ("uniform", "variational", None)
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
-
 def _modules(t: Transform) -> list[nn.Module]:
     """The modules holding ``t``'s parameters: ``t`` itself, the parts of a composition, or the
     transform that ``t`` is the inverse of (``module.inv`` is not a module itself)."""
@@ -46,6 +45,7 @@ def _modules(t: Transform) -> list[nn.Module]:
         return [m for part in t.parts for m in _modules(part)]
     inverse = t.inv
     return [inverse] if isinstance(inverse, nn.Module) else []
+
 
 def _event_shape(event_shape: int | Sequence[int]) -> torch.Size:
     shape = torch.Size((event_shape,) if isinstance(event_shape, int) else tuple(event_shape))
