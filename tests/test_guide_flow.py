@@ -48,3 +48,15 @@ def test_a_sign_coherent_step_moves_a_hidden_unit_by_lr_times_the_mean_input(wid
         layer.weight.add_(0.01)
     assert torch.allclose(layer(x) - before, 0.01 * x.mean(-1, keepdim=True).expand(4, 3),
                           atol=1e-5)
+
+
+def test_a_default_device_does_not_change_the_flows_draws():
+    """The flow's initialization comes from FLOW_SEED on the CPU generator, whatever default
+    device the user set (``torch.device("meta")`` stands in for ``set_default_device("cuda")``,
+    whose generator the seed does not reach)."""
+    reference = build_guide_flow("realnvp", 4)
+    with torch.device("meta"):
+        flow = build_guide_flow("realnvp", 4, like=torch.empty(0, device="cpu"))
+    assert [n for n, _ in flow.named_parameters()] == [n for n, _ in reference.named_parameters()]
+    for a, b in zip(flow.state_dict().values(), reference.state_dict().values()):
+        assert torch.equal(a, b)

@@ -130,11 +130,12 @@ def _unmixing(name: str, flow, dim: int, context_dim: int, like: torch.Tensor) -
     """The inverse of ``flow``'s initial map, which must be linear: ``x -> x @ A``."""
     eye = torch.eye(dim, dtype=like.dtype, device=like.device)
     gen = torch.Generator().manual_seed(FLOW_SEED)
-    probe = torch.randn(4, dim, generator=gen).to(eye)
+    probe = torch.randn(4, dim, generator=gen, device=gen.device).to(eye)
     with torch.no_grad():
         if context_dim:
             start = flow.condition(eye.new_zeros(context_dim))
-            other = flow.condition(torch.randn(context_dim, generator=gen).to(eye))
+            shift = torch.randn(context_dim, generator=gen, device=gen.device)
+            other = flow.condition(shift.to(eye))
         else:
             start = other = flow
         mixing = start(eye)  # row i is f(e_i), so f(x) = x @ mixing
@@ -187,7 +188,8 @@ def build_guide_flow(name: str, dim: int, context_dim: int = 0, like: torch.Tens
         # float range at lr 0.05 (funnel, eight schools, hierarchical model).
         kwargs.setdefault("actnorm", False)
         kwargs.setdefault("volume_preserving", True)
-    with torch.random.fork_rng(devices=[]):
+    # Built on the CPU, whose generator the seed reaches, whatever the default device.
+    with torch.random.fork_rng(devices=[]), torch.device("cpu"):
         torch.default_generator.manual_seed(FLOW_SEED)
         flow = build(name, event_shape=(dim,), **kwargs)
     _guide_rates(flow)
