@@ -18,7 +18,7 @@ from pyro.distributions.util import is_validation_enabled
 from pyro.params import param_with_module_name
 from torch import nn
 
-from .guide_flow import build_guide_flow
+from .guide_flow import build_guide_flow, store_clash
 
 __all__ = ["AmortizedFlow"]
 
@@ -140,15 +140,15 @@ class AmortizedFlow(nn.Module):
     def _check_param_store(self) -> None:
         """Refuse a param store holding this flow's names at other shapes: registering would
         hand the flow those tensors (as it must after a reload) and fail deep inside a layer."""
-        store = pyro.get_param_store()
-        for name, p in self.flow.named_parameters():
-            stored = param_with_module_name(self.name, name)
-            if stored in store and store[stored].shape != p.shape:
-                raise ValueError(
-                    f"the param store already holds {stored!r} with shape "
-                    f"{tuple(store[stored].shape)}, but this AmortizedFlow needs {tuple(p.shape)}: "
-                    f"another flow was registered under the name {self.name!r}. Give each "
-                    f"AmortizedFlow its own name= or call pyro.clear_param_store() first")
+        clash = store_clash({param_with_module_name(self.name, n): p.shape
+                             for n, p in self.flow.named_parameters()})
+        if clash:
+            name, stored, needed = clash
+            raise ValueError(
+                f"the param store already holds {name!r} with shape {stored}, but this "
+                f"AmortizedFlow needs {needed}: another flow was registered under the name "
+                f"{self.name!r}. Give each AmortizedFlow its own name= or call "
+                f"pyro.clear_param_store() first")
 
     def forward(self, x: torch.Tensor) -> dist.TransformedDistribution:
         """The posterior ``q(z | x)``: batch shape from the encoder's ``loc``, event shape

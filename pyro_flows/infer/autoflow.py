@@ -19,7 +19,7 @@ from torch.distributions import biject_to
 
 from ..registry import build, entry
 from ..transforms import Chain
-from .guide_flow import build_guide_flow
+from .guide_flow import build_guide_flow, store_clash
 from .path_gradient import PathGradientPosterior
 
 __all__ = ["AutoFlow"]
@@ -211,20 +211,18 @@ class AutoFlow(AutoContinuous):
     def _check_param_store(self, loc: torch.Tensor, flow: nn.Module) -> None:
         """Refuse a param store holding this guide's names at other shapes: this guide would
         take those tensors (as it must after ``set_state``) and fail later, unhelpfully."""
-        store = pyro.get_param_store()
         flow_name = self._pyro_get_fullname("flow")
-        wanted = {self._pyro_get_fullname("loc"): loc.shape,
-                  self._pyro_get_fullname("scale"): loc.shape,
-                  **{param_with_module_name(flow_name, n): p.shape
-                     for n, p in flow.named_parameters()}}
-        for name, shape in wanted.items():
-            if name in store and store[name].shape != shape:
-                raise ValueError(
-                    f"the param store already holds {name!r} with shape "
-                    f"{tuple(store[name].shape)}, but this guide needs {tuple(shape)}: another "
-                    f"guide named {self._pyro_name!r} was built in this process (Pyro names a "
-                    f"guide's parameters after it). Call pyro.clear_param_store() before "
-                    f"building this one")
+        clash = store_clash({self._pyro_get_fullname("loc"): loc.shape,
+                             self._pyro_get_fullname("scale"): loc.shape,
+                             **{param_with_module_name(flow_name, n): p.shape
+                                for n, p in flow.named_parameters()}})
+        if clash:
+            name, stored, needed = clash
+            raise ValueError(
+                f"the param store already holds {name!r} with shape {stored}, but this guide "
+                f"needs {needed}: another guide named {self._pyro_name!r} was built in this "
+                f"process (Pyro names a guide's parameters after it). Call "
+                f"pyro.clear_param_store() before building this one")
 
     def get_base_dist(self) -> dist.TorchDistribution:
         return dist.Normal(torch.zeros_like(self.loc), torch.ones_like(self.loc)).to_event(1)

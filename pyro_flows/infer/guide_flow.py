@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pyro
 import torch
 from pyro.distributions.conditional import ConditionalComposeTransformModule
 from pyro.distributions.torch_transform import ComposeTransformModule
@@ -26,7 +27,7 @@ from ..registry import build, entry
 from ..transforms import Bijector, Chain, ConditionalBijector
 from ..transforms.shapes import check_event_shape
 
-__all__ = ["build_guide_flow"]
+__all__ = ["build_guide_flow", "store_clash"]
 
 # Every guide flow is built from this seed: the param store holds parameters but not buffers
 # (Glow's LU permutation and signs, the un-mixing below), so a guide rebuilt from the store
@@ -146,6 +147,17 @@ def _unmixing(name: str, flow, dim: int, context_dim: int, like: torch.Tensor) -
             f"flow {name!r} is not linear at initialization (for every context), so a guide "
             "cannot start at its Gaussian; guide flows need zero-initialized couplings")
     return _FixedLinear(unmixing, mixing)
+
+
+def store_clash(wanted: dict[str, torch.Size]) -> tuple[str, tuple, tuple] | None:
+    """The first of ``wanted``'s names (full param-store names and the shapes a guide needs)
+    that Pyro's param store holds at another shape, as ``(name, stored shape, wanted shape)``.
+    Registering would hand the guide that tensor (as it must after a reload) and fail later."""
+    store = pyro.get_param_store()
+    for name, shape in wanted.items():
+        if name in store and store[name].shape != shape:
+            return name, tuple(store[name].shape), tuple(shape)
+    return None
 
 
 def build_guide_flow(name: str, dim: int, context_dim: int = 0, like: torch.Tensor | None = None,
